@@ -1,0 +1,237 @@
+"""The SQLite store: one writer connection, one reader connection, ordered migrations.
+
+Why stdlib ``sqlite3`` and not aiosqlite: aiosqlite awaits asyncio futures and does not run
+under trio. Instead every transaction is a plain sync function ``fn(conn, *args)`` handed
+whole to a worker thread (``trio.to_thread.run_sync`` behind a ``CapacityLimiter(1)``), so no
+transaction can stay open across a network call.
+
+``inline=True`` runs ``fn`` on the trio thread instead. Tests that use trio's fake clock need
+it: the fake clock jumps while a worker thread runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+import attrs
+import trio
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DB_FILENAME = "fiberlinkd.sqlite3"
+BUSY_TIMEOUT_MS = 5_000
+
+_MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+
+
+class LedgerError(Exception):
+    """The database cannot be used (newer schema, corrupt file, failed migration)."""
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> tuple[Migration, ...]:
+    """The ordered migration scripts shipped in ``fiberlinkd/ledger/migrations``."""
+    folder = importlib.resources.files("fiberlinkd.ledger") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.fullmatch(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise LedgerError(f"migration {migration.name} is out of sequence")
+    return tuple(found)
+
+
+MIGRATIONS = load_migrations()
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """Open a connection with fiberlinkd's pragmas. Transactions are explicit."""
+    if read_only:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA synchronous = FULL")  # this is money: fsync every commit
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Apply pending migrations, each in its own transaction; return the schema version.
+
+    Errors: :class:`LedgerError` when the file was written by a newer fiberlinkd, or a
+    migration fails (that migration is rolled back; earlier ones stay applied).
+    """
+    current = schema_version(conn)
+    if current > len(migrations):
+        raise LedgerError(
+            f"database schema version {current} is newer than this fiberlinkd knows "
+            f"({len(migrations)}); upgrade fiberlinkd or restore a matching backup"
+        )
+    for migration in migrations[current:]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(migration.sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {migration.version}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise LedgerError(f"migration {migration.name} failed: {exc}") from exc
+    return schema_version(conn)
+
+
+def _split_sql(script: str) -> Iterator[str]:
+    """Split a migration into statements (executescript would commit implicitly)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        raise LedgerError(f"incomplete SQL statement at the end of a migration: {buffer[:60]!r}")
+
+
+@attrs.define
+class Ledger:
+    """Runs transaction functions against the database. Create it with :func:`open_ledger`."""
+
+    path: Path
+    _writer: sqlite3.Connection
+    _reader: sqlite3.Connection
+    inline: bool = False
+    _write_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+    _read_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+
+    async def transact(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(conn, *args)`` inside ``BEGIN IMMEDIATE … COMMIT``; roll back if it raises.
+
+        Cancellation: the worker thread cannot be interrupted, so once started the
+        transaction runs to commit or rollback; the caller's cancellation is delivered after.
+        """
+        if self.inline:
+            return _run_transaction(self._writer, fn, *args, **kwargs)
+        return await trio.to_thread.run_sync(
+            lambda: _run_transaction(self._writer, fn, *args, **kwargs),
+            limiter=self._write_limiter,
+        )
+
+    async def read(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run a read-only ``fn`` on the reader connection in one consistent snapshot.
+
+        WAL lets it run beside the writer, so reads never queue behind an fsync.
+        """
+        if self.inline:
+            return _run_read(self._reader, fn, *args, **kwargs)
+        return await trio.to_thread.run_sync(
+            lambda: _run_read(self._reader, fn, *args, **kwargs),
+            limiter=self._read_limiter,
+        )
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+def _run_transaction(
+    conn: sqlite3.Connection,
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args, **kwargs)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _run_read(
+    conn: sqlite3.Connection,
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, *args, **kwargs)
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def db_path(state_dir: Path) -> Path:
+    return state_dir / DB_FILENAME
+
+
+@contextlib.asynccontextmanager
+async def open_ledger(
+    state_dir: Path, *, inline: bool = False, migrate_schema: bool = True
+) -> AsyncIterator[Ledger]:
+    """Open (creating if needed) and migrate the database in ``state_dir``.
+
+    Errors: :class:`LedgerError` for a newer schema or a failed migration, or when
+    ``migrate_schema`` is false and the schema is not current.
+    """
+    path = db_path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    writer = connect(path)
+    try:
+        if migrate_schema:
+            migrate(writer)
+        elif schema_version(writer) != SCHEMA_VERSION:
+            raise LedgerError(
+                f"database schema version {schema_version(writer)} is not current "
+                f"({SCHEMA_VERSION}); run 'fiberlinkd migrate'"
+            )
+        reader = connect(path, read_only=True)
+    except BaseException:
+        writer.close()
+        raise
+    ledger = Ledger(path, writer, reader, inline=inline)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
