@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
 import trio
 
+from fiberlinkd.api.server import ApiServer
 from fiberlinkd.runtime import Runtime
+from fiberlinkd.settlement import SettlementPoller
 from fiberlinkd.supervisor import ActorRun
 
 
@@ -13,13 +17,22 @@ async def _idle(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     await trio.sleep_forever()
 
 
+def _optional(module: str, name: str, rt: Runtime) -> ActorRun:
+    """An actor whose capability may be absent from a partial build: idle stand-in then."""
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError:
+        return _idle
+    run: ActorRun = cls(rt).run
+    return run
+
+
 def build_actors(rt: Runtime, stop_accepting: trio.Event) -> list[tuple[str, ActorRun]]:
-    """The actors in start order; the API is started last by the daemon."""
-    del rt, stop_accepting
+    """The actors in start order; the daemon starts the API last, once the rest runs."""
     return [
-        ("settlement", _idle),
-        ("withdrawals", _idle),
-        ("reconciler", _idle),
-        ("admin", _idle),
-        ("api", _idle),
+        ("settlement", SettlementPoller(rt).run),
+        ("withdrawals", _optional("fiberlinkd.withdrawals.executor", "WithdrawalExecutor", rt)),
+        ("reconciler", _optional("fiberlinkd.reconciler.actor", "Reconciler", rt)),
+        ("admin", _optional("fiberlinkd.admin.server", "AdminServer", rt)),
+        ("api", ApiServer(rt, stop_accepting).run),
     ]

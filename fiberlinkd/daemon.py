@@ -45,9 +45,7 @@ def build_fnn_client(config: Config, http: httpx.AsyncClient, environ: dict[str,
     from fiberlinkd.fnn.client import FnnClient  # noqa: PLC0415 - keeps `check-config` light
 
     token = read_secret(config.fnn.token_file, "fnn-token", environ=environ)
-    return FnnClient(
-        http, config.fnn.url, token=token, call_timeout_s=config.fnn.call_timeout_s
-    )
+    return FnnClient(http, config.fnn.url, token=token, call_timeout_s=config.fnn.call_timeout_s)
 
 
 async def run_daemon(
@@ -72,7 +70,7 @@ async def run_daemon(
     clock = clock or WallClock()
     notifier = notifier or Notifier(environ)
     supervisor = supervisor or Supervisor()
-    stop = stop or trio.Event()
+    stop = trio.Event() if stop is None else stop
     timeout = httpx.Timeout(config.fnn.call_timeout_s, connect=config.fnn.connect_timeout_s)
     async with (
         open_ledger(config.state_path, inline=inline_ledger) as ledger,

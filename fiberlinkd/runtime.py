@@ -85,3 +85,4 @@ class Runtime:
     watch_list: WatchList
     withdrawals_wakeup: Wakeup = attrs.field(factory=Wakeup)
     reconcile_wakeup: Wakeup = attrs.field(factory=Wakeup)
+    api_urls: list[str] = attrs.field(factory=list)  # filled by the API once it listens

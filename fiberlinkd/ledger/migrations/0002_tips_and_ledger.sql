@@ -24,6 +24,9 @@ CREATE INDEX tips_due ON tip_intents (next_check_at) WHERE state = 'UNPAID';
 CREATE INDEX tips_feed ON tip_intents (app_id, settled_at, id) WHERE state = 'SETTLED';
 CREATE INDEX tips_to_user ON tip_intents (app_id, to_user_id, created_at);
 CREATE INDEX tips_from_user ON tip_intents (app_id, from_user_id, created_at);
+-- Covering indexes for dashboard counts and pending sums: cost follows one user's tips.
+CREATE INDEX tips_to_user_state ON tip_intents (app_id, to_user_id, state, asset, amount);
+CREATE INDEX tips_from_user_state ON tip_intents (app_id, from_user_id, state);
 CREATE INDEX tips_created ON tip_intents (created_at);
 
 CREATE TABLE tip_events (

@@ -1,0 +1,269 @@
+"""The quart-trio application: ``POST /rpc`` (and ``//rpc``), health probes, metrics.
+
+Every JSON-RPC outcome is HTTP 200 with an envelope: the plugin's browser code only shows
+``error.message`` for 200 answers, and stops tip polling on any other status
+(plugin-wire-contract.md §3.4). Order of checks: size → JSON → envelope → authentication
+(signature, then the nonce) → rate limit → method → params.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import attrs
+import prometheus_client
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from fiberlinkd.api import errors
+from fiberlinkd.api.auth import Authenticator, AuthError, NonceBatcher
+from fiberlinkd.api.errors import RpcError
+from fiberlinkd.api.methods import METHODS
+from fiberlinkd.api.ratelimit import RateLimiter
+from fiberlinkd.ledger.store import SCHEMA_VERSION, schema_version
+from fiberlinkd.logsetup import kv
+from fiberlinkd.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+REQUESTS = prometheus_client.Counter(
+    "fiberlinkd_rpc_requests_total",
+    "JSON-RPC requests by method and outcome",
+    ["method", "outcome"],
+)
+LATENCY = prometheus_client.Histogram(
+    "fiberlinkd_rpc_latency_seconds",
+    "JSON-RPC handling time by method",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+
+PER_USER_LIMITS = {
+    "tip.create": ("fromUserId", "tip_create_per_user_per_minute"),
+    "withdrawal.request": ("userId", "withdrawal_request_per_user_per_minute"),
+}
+
+
+def _envelope(
+    request_id: Any, *, result: Any = None, error: RpcError | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
+    if error is not None:
+        body["error"] = error.as_error()
+    else:
+        body["result"] = result
+    return body
+
+
+def _json_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@attrs.define
+class RpcHandler:
+    rt: Runtime
+    auth: Authenticator
+    limiter: RateLimiter = attrs.field(factory=RateLimiter)
+
+    async def handle(self, body: bytes, headers: Any) -> tuple[dict[str, Any], dict[str, str], str]:
+        """Return (envelope, extra headers, method label for metrics)."""
+        extra: dict[str, str] = {}
+        if len(body) > self.rt.config.api.max_body_bytes:
+            return (
+                _envelope(None, error=RpcError(errors.INVALID_REQUEST, "Request body too large")),
+                extra,
+                "-",
+            )
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _envelope(None, error=RpcError(-32700, "Parse error")), extra, "-"
+        if (
+            not isinstance(payload, dict)
+            or payload.get("jsonrpc") != "2.0"
+            or "id" not in payload
+            or not isinstance(payload.get("id"), str | int | float | type(None))
+            or isinstance(payload.get("id"), bool)
+            or not isinstance(payload.get("method"), str)
+            or not payload.get("method")
+        ):
+            return (
+                _envelope(None, error=RpcError(errors.INVALID_REQUEST, "Invalid Request")),
+                extra,
+                "-",
+            )
+        request_id = payload["id"]
+        method: str = payload["method"]
+        label = method if method in METHODS else "unknown"
+        try:
+            app_id = await self.auth.authenticate(
+                app_id=headers.get("x-app-id"),
+                ts=headers.get("x-ts"),
+                nonce=headers.get("x-nonce"),
+                sig=headers.get("x-signature"),
+                body=body,
+                now_s=self.rt.clock.now_ms() // 1000,
+            )
+        except AuthError as exc:
+            log.info("unauthorized request", extra=kv(reason=str(exc), method=label))
+            return (
+                _envelope(request_id, error=RpcError(errors.UNAUTHORIZED, "Unauthorized")),
+                extra,
+                label,
+            )
+        params = payload.get("params", {})
+        if params is None:
+            params = {}
+        limits = self.rt.config.api.rate_limits
+        now_s = trio.current_time()
+        decision = self.limiter.check((app_id, label), limits.per_app_method_per_minute, now_s)
+        if decision.allowed and method in PER_USER_LIMITS and isinstance(params, dict):
+            field, setting = PER_USER_LIMITS[method]
+            user = str(params.get(field, ""))
+            decision = self.limiter.check((app_id, label, user), getattr(limits, setting), now_s)
+        extra = {
+            "x-ratelimit-limit": str(decision.limit),
+            "x-ratelimit-remaining": str(decision.remaining),
+            "x-ratelimit-reset": str(decision.reset_s),
+        }
+        if not decision.allowed:
+            return (
+                _envelope(request_id, error=RpcError(errors.RATE_LIMITED, "Rate limit exceeded")),
+                extra,
+                label,
+            )
+        handler = METHODS.get(method)
+        if handler is None:
+            return (
+                _envelope(request_id, error=RpcError(errors.METHOD_NOT_FOUND, "Method not found")),
+                extra,
+                label,
+            )
+        if not isinstance(params, dict):
+            return (
+                _envelope(request_id, error=errors.invalid_params("params must be an object")),
+                extra,
+                label,
+            )
+        try:
+            result = await handler(self.rt, app_id, params)
+        except RpcError as exc:
+            return _envelope(request_id, error=exc), extra, label
+        except Exception:
+            correlation = uuid.uuid4().hex[:12]
+            log.exception("internal error", extra=kv(method=label, correlation_id=correlation))
+            error = RpcError(errors.INTERNAL_ERROR, f"Internal error (reference {correlation})")
+            return _envelope(request_id, error=error), extra, label
+        return _envelope(request_id, result=result), extra, label
+
+
+async def readiness(rt: Runtime) -> tuple[bool, dict[str, Any]]:
+    checks: dict[str, Any] = {}
+
+    def probe(conn: Any) -> int:
+        conn.execute(
+            "INSERT OR REPLACE INTO settings (key, value, updated_at) VALUES ('healthz', 'ok', 0)"
+        )
+        return schema_version(conn)
+
+    try:
+        with trio.fail_after(2):
+            version = await rt.ledger.transact(probe)
+        checks["ledger"] = {"status": "ok"}
+        checks["migrations"] = (
+            {"status": "ok", "version": version}
+            if version == SCHEMA_VERSION
+            else {"status": "error", "message": f"schema {version}, expected {SCHEMA_VERSION}"}
+        )
+    except (trio.TooSlowError, Exception) as exc:
+        checks["ledger"] = {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+    ok_ms = rt.node_state.last_ok_ms
+    stale = ok_ms is None or rt.clock.now_ms() - ok_ms > 90_000 or rt.node_state.last_error
+    checks["fnn"] = (
+        {"status": "error", "message": rt.node_state.last_error or "node_info not answered yet"}
+        if stale
+        else {"status": "ok", "version": rt.node_state.info.version if rt.node_state.info else None}
+    )
+    not_running = [s.name for s in rt.supervisor.statuses.values() if s.state != "running"]
+    checks["actors"] = (
+        {"status": "ok"}
+        if not not_running
+        else {"status": "error", "message": f"not running: {', '.join(not_running)}"}
+    )
+    ready = all(c.get("status") == "ok" for c in checks.values())
+    return ready, checks
+
+
+def create_app(rt: Runtime) -> QuartTrio:
+    app = QuartTrio("fiberlinkd")
+    app.config["MAX_CONTENT_LENGTH"] = None  # we check the size ourselves and answer 200
+    handler = RpcHandler(
+        rt, Authenticator(rt.ledger, rt.config.api.signature_window_s, NonceBatcher(rt.ledger))
+    )
+    max_body = rt.config.api.max_body_bytes
+
+    async def rpc() -> Response:
+        started = time.perf_counter()
+        length = request.content_length
+        if length is not None and length > max_body:
+            body_too_large = _envelope(
+                None, error=RpcError(errors.INVALID_REQUEST, "Request body too large")
+            )
+            REQUESTS.labels("-", "too_large").inc()
+            return _json_response(body_too_large)
+        body = await _read_limited(max_body)
+        if body is None:
+            REQUESTS.labels("-", "too_large").inc()
+            return _json_response(
+                _envelope(None, error=RpcError(errors.INVALID_REQUEST, "Request body too large"))
+            )
+        envelope, headers, label = await handler.handle(body, request.headers)
+        outcome = "error" if "error" in envelope else "ok"
+        REQUESTS.labels(label, outcome).inc()
+        LATENCY.labels(label).observe(time.perf_counter() - started)
+        return _json_response(envelope, headers=headers)
+
+    app.add_url_rule("/rpc", "rpc", rpc, methods=["POST"])
+    app.add_url_rule("//rpc", "rpc_double_slash", rpc, methods=["POST"])
+
+    @app.get("/healthz/live")
+    async def live() -> Response:
+        return _json_response({"status": "alive"})
+
+    @app.get("/healthz/ready")
+    async def ready() -> Response:
+        ok, checks = await readiness(rt)
+        return _json_response(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(
+            prometheus_client.generate_latest(), content_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
+
+    return app
+
+
+async def _read_limited(limit: int) -> bytes | None:
+    chunks = []
+    size = 0
+    async for chunk in request.body:
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
