@@ -109,8 +109,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fiberlinkd.daemon import run_daemon  # noqa: PLC0415
-    from fiberlinkd.supervisor import GaveUp  # noqa: PLC0415
+    from fiberlinkd.daemon import run_daemon
+    from fiberlinkd.supervisor import GaveUp
 
     config = load_or_exit(args.config)
     setup_logging(config.log_level, args.log_format or config.log_format)

@@ -36,13 +36,13 @@ ActorFactory = Callable[[Runtime], ActorRun]
 def default_actors(rt: Runtime, stop_accepting: trio.Event) -> list[tuple[str, ActorRun]]:
     """The daemon's actors in start order. The API comes last: it serves only when the
     rest is running."""
-    from fiberlinkd.actors import build_actors  # noqa: PLC0415 - avoids an import cycle
+    from fiberlinkd.actors import build_actors
 
     return build_actors(rt, stop_accepting)
 
 
 def build_fnn_client(config: Config, http: httpx.AsyncClient, environ: dict[str, str]) -> FiberNode:
-    from fiberlinkd.fnn.client import FnnClient  # noqa: PLC0415 - keeps `check-config` light
+    from fiberlinkd.fnn.client import FnnClient
 
     token = read_secret(config.fnn.token_file, "fnn-token", environ=environ)
     return FnnClient(http, config.fnn.url, token=token, call_timeout_s=config.fnn.call_timeout_s)

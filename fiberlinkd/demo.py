@@ -160,11 +160,12 @@ class Story:
             )
             return (
                 f"withdrawal {request['id'][:8]} COMPLETED, paid exactly once "
-                f"(fee {paid[0].fee / 10**8:g} CKB); balance now {summary['balances']['available']} CKB"
+                f"(fee {paid[0].fee / 10**8:g} CKB); "
+                f"balance now {summary['balances']['available']} CKB"
             )
 
         async def reconcile() -> str:
-            from fiberlinkd.reconciler.actor import Reconciler  # noqa: PLC0415
+            from fiberlinkd.reconciler.actor import Reconciler
 
             report = await Reconciler(self.rt).run_once("demo")
             findings = [f for f in report.findings if f.severity != "INFO"]
@@ -225,7 +226,7 @@ async def run_demo(*, once: bool, listen: str, out: Callable[[str], None] = prin
                 )
             )
             with trio.fail_after(10):
-                while rt.node_state.currency is None:
+                while rt.node_state.currency is None:  # noqa: ASYNC110 - the watcher sets it
                     await trio.sleep(0.02)
             api_url = rt.api_urls[0]
             secret = secrets.token_hex(32)
@@ -247,9 +248,7 @@ async def run_demo(*, once: bool, listen: str, out: Callable[[str], None] = prin
             out(f"  fiber_link_service_url = {api_url}   (no trailing slash)")
             out(f"  fiber_link_app_id      = {APP_ID}")
             out(f"  fiber_link_app_secret  = {secret}")
-            out(
-                f"Admin socket: {config.admin.socket}  (fiberlinkd admin --socket {config.admin.socket} status)"
-            )
+            out(f"Admin: fiberlinkd admin --socket {config.admin.socket} status")
             out("Serving until Ctrl-C.")
             await stop.wait()
     return 0

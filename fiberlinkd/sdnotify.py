@@ -6,6 +6,7 @@ Without ``$NOTIFY_SOCKET`` (not under systemd) every call is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping
@@ -32,11 +33,9 @@ class Notifier:
     def notify(self, message: str) -> None:
         if self._address is None:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.sendto(message.encode(), self._address)
-            except OSError:
-                pass  # systemd gone or socket closed: nothing useful to do about it
+        # systemd gone or its socket closed: there is nothing useful to do about it.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.sendto(message.encode(), self._address)
 
     def ready(self) -> None:
         self.notify("READY=1")

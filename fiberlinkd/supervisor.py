@@ -110,9 +110,8 @@ class Supervisor:
                     )
                     raise GaveUp(name, len(crashes), self.window_s, exc) from exc
                 backoff = min(self.max_backoff_s, self.base_backoff_s * 2 ** (len(crashes) - 1))
-                log.error(
+                log.exception(
                     "actor crashed; restarting",
-                    exc_info=exc,
                     extra=kv(actor=name, backoff_s=backoff, restarts=status.restarts + 1),
                 )
                 status.state = "restarting"

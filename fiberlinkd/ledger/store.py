@@ -15,6 +15,7 @@ import contextlib
 import importlib.resources
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -65,7 +66,10 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     """Open a connection with fiberlinkd's pragmas. Transactions are explicit."""
     if read_only:
         conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            f"file:{urllib.parse.quote(str(path))}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
         )
         conn.execute("PRAGMA query_only = ON")
     else:
@@ -101,9 +105,12 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRAT
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {migration.version}")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise LedgerError(f"migration {migration.name} failed: {exc}") from exc
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error | LedgerError):
+                raise LedgerError(f"migration {migration.name} failed: {exc}") from exc
+            raise
     return schema_version(conn)
 
 
@@ -182,10 +189,11 @@ def _run_transaction(
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn, *args, **kwargs)
+        conn.execute("COMMIT")  # may fail too (deferred constraint, disk full): roll back
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # some errors already rolled SQLite back
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 
@@ -199,11 +207,22 @@ def _run_read(
     try:
         return fn(conn, *args, **kwargs)
     finally:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def db_path(state_dir: Path) -> Path:
     return state_dir / DB_FILENAME
+
+
+def _prepare_schema(conn: sqlite3.Connection, *, migrate_schema: bool) -> None:
+    if migrate_schema:
+        migrate(conn)
+    elif schema_version(conn) != SCHEMA_VERSION:
+        raise LedgerError(
+            f"database schema version {schema_version(conn)} is not current "
+            f"({SCHEMA_VERSION}); run 'fiberlinkd migrate'"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -216,16 +235,10 @@ async def open_ledger(
     ``migrate_schema`` is false and the schema is not current.
     """
     path = db_path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at startup
     writer = connect(path)
     try:
-        if migrate_schema:
-            migrate(writer)
-        elif schema_version(writer) != SCHEMA_VERSION:
-            raise LedgerError(
-                f"database schema version {schema_version(writer)} is not current "
-                f"({SCHEMA_VERSION}); run 'fiberlinkd migrate'"
-            )
+        _prepare_schema(writer, migrate_schema=migrate_schema)
         reader = connect(path, read_only=True)
     except BaseException:
         writer.close()
