@@ -4,7 +4,7 @@ The tree, and what money code may conclude from each branch::
 
     FnnError                      base; never raised itself
     ├── FnnTransportError         the call may or may not have reached the node
-    │   ├── FnnConnectError       could not connect (node down, refused)
+    │   ├── FnnConnectError       connection refused, or broke before the reply (sent or not)
     │   ├── FnnTimeout            no complete reply within the bound
     │   └── FnnHttpError          HTTP status >= 500 (or another non-200), body not JSON-RPC
     ├── FnnNodeError              the node answered with a JSON-RPC error (code, message, data)
@@ -32,7 +32,7 @@ class FnnTransportError(FnnError):
 
 
 class FnnConnectError(FnnTransportError):
-    """The node could not be reached at all."""
+    """The connection failed or broke. The request may still have reached the node."""
 
 
 class FnnTimeout(FnnTransportError):
