@@ -12,4 +12,5 @@ MODULES: tuple[str, ...] = (
     "fiberlinkd.admin.commands.backup",
     "fiberlinkd.admin.commands.freeze",
     "fiberlinkd.withdrawals.admin_commands",
+    "fiberlinkd.reconciler.admin_commands",
 )
