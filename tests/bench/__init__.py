@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by hand (``python tests/bench/api_load.py``), not by pytest."""
