@@ -11,6 +11,7 @@ names a path (``*_file``), or systemd's ``$CREDENTIALS_DIRECTORY`` provides them
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 import urllib.parse
@@ -48,12 +49,12 @@ def _check(predicate: Callable[[Any], bool], problem: str) -> Callable[..., None
 
 
 def _positive(_i: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not (isinstance(value, int | float) and value > 0):
+    if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
         raise _FieldProblem(attribute.name, f"must be a positive number, got {value!r}")
 
 
 def _non_negative(_i: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not (isinstance(value, int | float) and value >= 0):
+    if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
         raise _FieldProblem(attribute.name, f"must be zero or more, got {value!r}")
 
 
@@ -106,7 +107,7 @@ class ApiConfig:
     listen: str = attrs.field(default="127.0.0.1:8470", validator=_listen)
     max_body_bytes: int = attrs.field(default=65_536, validator=_positive)
     signature_window_s: int = attrs.field(default=300, validator=_positive)
-    graceful_timeout_s: float = attrs.field(default=10.0, validator=_positive)
+    graceful_timeout_s: float = attrs.field(default=4.0, validator=_positive)
     rate_limits: RateLimits = attrs.field(factory=RateLimits)
 
     @property
@@ -160,7 +161,10 @@ class SettlementConfig:
 class WithdrawalsConfig:
     """Defaults for every app's policy (``fiberlinkd admin policy set`` overrides per app)."""
 
-    allowed_assets: tuple[str, ...] = ("CKB",)
+    allowed_assets: tuple[str, ...] = attrs.field(
+        default=("CKB",),
+        validator=_check(lambda v: set(v) <= {"CKB", "USDI"} and v, "allowed: CKB, USDI"),
+    )
     min_amount: str = attrs.field(default="61", validator=_amount)
     max_per_request: str = attrs.field(default="100000", validator=_amount)
     user_daily_limit: str = attrs.field(default="200000", validator=_amount)
@@ -181,6 +185,23 @@ class ReconcilerConfig:
     chunk_rows: int = attrs.field(default=2_000, validator=_positive)
 
 
+def _out_point(_i: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """``""`` or ``0x<64 hex>:<index>`` (a cell's out point)."""
+    if value == "":
+        return
+    tx_hash, sep, index = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    digits = tx_hash.removeprefix("0x")
+    if (
+        not sep
+        or not tx_hash.startswith("0x")
+        or len(digits) != 64
+        or any(c not in "0123456789abcdefABCDEF" for c in digits)
+        or not index.isdigit()
+        or int(index) >= 1 << 32
+    ):
+        raise _FieldProblem(attribute.name, f"not an out point 0x<tx hash>:<index>: {value!r}")
+
+
 @attrs.frozen
 class OnchainConfig:
     enabled: bool = False
@@ -188,6 +209,9 @@ class OnchainConfig:
     hot_wallet_key_file: str = ""
     confirmations: int = attrs.field(default=10, validator=_non_negative)
     fee_rate_shannons_per_kb: int = attrs.field(default=1_000, validator=_positive)
+    poll_s: float = attrs.field(default=5.0, validator=_positive)
+    secp256k1_dep_group: str = attrs.field(default="", validator=_out_point)
+    call_timeout_s: float = attrs.field(default=10.0, validator=_positive)
 
 
 @attrs.frozen
@@ -220,8 +244,17 @@ class Config:
 
 
 for _cls in (
-    RateLimits, ApiConfig, FnnConfig, AdminConfig, AssetsConfig, TipsConfig,
-    SettlementConfig, WithdrawalsConfig, ReconcilerConfig, OnchainConfig, Config,
+    RateLimits,
+    ApiConfig,
+    FnnConfig,
+    AdminConfig,
+    AssetsConfig,
+    TipsConfig,
+    SettlementConfig,
+    WithdrawalsConfig,
+    ReconcilerConfig,
+    OnchainConfig,
+    Config,
 ):
     attrs.resolve_types(_cls)
 
@@ -234,6 +267,23 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
 }
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(tp: type[T], accepted: tuple[type, ...]) -> Callable[[Any, Any], T]:
+    """TOML already has types: refuse coercions (``"false"`` → ``True``, ``1.5`` → ``1``)."""
+
+    def hook(value: Any, _type: Any) -> T:
+        if isinstance(value, bool) is not (tp is bool) or not isinstance(value, accepted):
+            raise TypeError(f"expected {tp.__name__}, got {type(value).__name__}")
+        return tp(value)  # type: ignore[call-arg]
+
+    return hook
+
+
+_converter.register_structure_hook(bool, _strict(bool, (bool,)))
+_converter.register_structure_hook(int, _strict(int, (int,)))
+_converter.register_structure_hook(float, _strict(float, (int, float)))
+_converter.register_structure_hook(str, _strict(str, (str,)))
 
 
 def _structure_section(cls: type[T], data: Any, where: str) -> T:
@@ -274,14 +324,11 @@ def _label(where: str, key: str) -> str:
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, str(tp)
-    )
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(tp, "a list of strings" if tp == tuple[str, ...] else str(tp))
 
 
-def load_config(
-    path: Path | None, *, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (or the default file if it exists), apply env overrides, validate.
 
     ``path=None`` means "the default path if present, else built-in defaults".
@@ -305,11 +352,15 @@ def load_config(
             table = data
             for key in keys[:-1]:
                 table = table.setdefault(key, {})
+                if not isinstance(table, dict):
+                    raise ConfigError(f"config: [{key}]: must be a table")
             table[keys[-1]] = environ[variable]
     return _structure_section(Config, data, "")
 
 
-def read_secret(path_setting: str, credential_name: str, *, environ: Mapping[str, str]) -> str | None:
+def read_secret(
+    path_setting: str, credential_name: str, *, environ: Mapping[str, str]
+) -> str | None:
     """A secret from the configured file, else from ``$CREDENTIALS_DIRECTORY/<name>``.
 
     Returns ``None`` when neither is set. Errors: :class:`ConfigError` naming the file.
@@ -325,7 +376,9 @@ def read_secret(path_setting: str, credential_name: str, *, environ: Mapping[str
         try:
             value = candidate.read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"config: cannot read secret file {candidate}: {exc.strerror}") from None
+            raise ConfigError(
+                f"config: cannot read secret file {candidate}: {exc.strerror}"
+            ) from None
         if not value:
             raise ConfigError(f"config: secret file {candidate} is empty")
         return value

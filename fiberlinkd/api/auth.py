@@ -42,7 +42,6 @@ class NonceBatcher:
     _pending: list[tuple[str, str, int]] = attrs.field(factory=list)
     _results: dict[tuple[str, str], bool] = attrs.field(factory=dict)
     _flushed: trio.Event = attrs.field(factory=trio.Event)
-    _flushing: bool = False
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     async def claim(self, app_id: str, nonce: str, expires_at_s: int, now_s: int) -> bool:
@@ -51,6 +50,12 @@ class NonceBatcher:
             return False
         self._pending.append((app_id, nonce, expires_at_s))
         flushed = self._flushed
+        try:
+            return await self._await_flush(key, flushed, now_s)
+        finally:
+            self._results.pop(key, None)  # a cancelled waiter must not leave its result behind
+
+    async def _await_flush(self, key: tuple[str, str], flushed: trio.Event, now_s: int) -> bool:
         async with self._lock:
             if not flushed.is_set():
                 batch, self._pending = self._pending, []

@@ -35,7 +35,8 @@ class ApiServer:
         config.graceful_timeout = self.rt.config.api.graceful_timeout_s
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
-        config.keep_alive_timeout = 75
+        # Idle keep-alive connections hold up hypercorn's drain; close them early.
+        config.keep_alive_timeout = 5
         app = create_app(self.rt)
 
         async with trio.open_nursery() as nursery:
