@@ -13,6 +13,9 @@ import re
 import attrs
 
 CKB_DECIMALS = 8
+MAX_AMOUNT_CHARS = 80
+"""Longer text is refused before parsing: no real amount needs it (u128 has 39 digits), and
+``int()`` raises a plain ``ValueError`` past 4300 digits."""
 
 _DECIMAL_RE = re.compile(r"(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?")
 
@@ -44,6 +47,8 @@ def parse_amount(text: str, decimals: int) -> int:
     """``"12.5"`` with 8 decimals → ``1_250_000_000``. See :meth:`Asset.to_base_units`."""
     if not isinstance(text, str):
         raise AmountError("amount must be a decimal string")
+    if len(text) > MAX_AMOUNT_CHARS:
+        raise AmountError(f"amount is longer than {MAX_AMOUNT_CHARS} characters: {text[:40]!r}")
     match = _DECIMAL_RE.fullmatch(text)
     if match is None:
         raise AmountError(f"amount must be a plain decimal number, got {text[:40]!r}")

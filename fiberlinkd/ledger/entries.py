@@ -151,14 +151,20 @@ def append_entry(
             digest,
         ),
     )
-    conn.execute(
-        "INSERT INTO balances (app_id, user_id, asset, settled, reserved, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (app_id, user_id, asset) DO UPDATE SET"
-        " settled = settled + excluded.settled, reserved = reserved + excluded.reserved,"
-        " updated_at = excluded.updated_at",
-        (app_id, user_id, asset, amount, reserved_delta, now_ms),
+    # Not an UPSERT: SQLite checks the CHECK constraints on the candidate row *before* the
+    # conflict turns it into an update, so a debit or a reservation against an existing
+    # balance would be refused as if the balance were zero.
+    moved = conn.execute(
+        "UPDATE balances SET settled = settled + ?, reserved = reserved + ?, updated_at = ?"
+        " WHERE app_id = ? AND user_id = ? AND asset = ?",
+        (amount, reserved_delta, now_ms, app_id, user_id, asset),
     )
+    if moved.rowcount == 0:
+        conn.execute(
+            "INSERT INTO balances (app_id, user_id, asset, settled, reserved, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (app_id, user_id, asset, amount, reserved_delta, now_ms),
+        )
     return True
 
 
