@@ -29,8 +29,10 @@ def _optional(module: str, name: str, rt: Runtime) -> ActorRun:
 
 def build_actors(rt: Runtime, stop_accepting: trio.Event) -> list[tuple[str, ActorRun]]:
     """The actors in start order; the daemon starts the API last, once the rest runs."""
+    poller = SettlementPoller(rt)
+    rt.settlement_stats = poller
     return [
-        ("settlement", SettlementPoller(rt).run),
+        ("settlement", poller.run),
         ("withdrawals", _optional("fiberlinkd.withdrawals.executor", "WithdrawalExecutor", rt)),
         ("reconciler", _optional("fiberlinkd.reconciler.actor", "Reconciler", rt)),
         ("admin", _optional("fiberlinkd.admin.server", "AdminServer", rt)),

@@ -95,8 +95,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    config.state_path.mkdir(parents=True, exist_ok=True)
-    conn = connect(db_path(config.state_path))
+    try:
+        config.state_path.mkdir(parents=True, exist_ok=True)
+        conn = connect(db_path(config.state_path))
+    except (OSError, sqlite3.Error) as exc:
+        print(f"migrate: cannot open the database in {config.state_path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         version = migrate(conn)
     except LedgerError as exc:
@@ -119,13 +123,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     except GaveUp as exc:
         log.critical("daemon stopped: %s", exc)
         return EXIT_FAILURE
-    except (LedgerError, sqlite3.Error, OSError, ConfigError) as exc:
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except (LedgerError, sqlite3.Error, OSError) as exc:
         log.critical("daemon could not run: %s", exc)
         return EXIT_FAILURE
     except BaseExceptionGroup as group:
         gave_up = group.subgroup(GaveUp)
         if gave_up is not None:
-            log.critical("daemon stopped: %s", gave_up.exceptions[0])
+            leaf: BaseException = gave_up
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            log.critical("daemon stopped: %s", leaf)
             return EXIT_FAILURE
         raise
     return EXIT_OK

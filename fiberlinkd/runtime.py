@@ -6,6 +6,8 @@ nudge an actor to re-read its pending work from SQLite.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import attrs
 import trio
 
@@ -15,6 +17,13 @@ from fiberlinkd.fnn.types import FiberNode
 from fiberlinkd.ledger import Ledger
 from fiberlinkd.nodewatch import NodeState
 from fiberlinkd.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from fiberlinkd.onchain.service import OnchainService
+
+
+class SettlementStats(Protocol):
+    def latency_percentiles(self) -> dict[str, float | None]: ...
 
 
 @attrs.define
@@ -86,3 +95,5 @@ class Runtime:
     withdrawals_wakeup: Wakeup = attrs.field(factory=Wakeup)
     reconcile_wakeup: Wakeup = attrs.field(factory=Wakeup)
     api_urls: list[str] = attrs.field(factory=list)  # filled by the API once it listens
+    settlement_stats: SettlementStats | None = None  # the running poller, for `admin status`
+    onchain: OnchainService | None = None  # on-chain payouts ([onchain] enabled)

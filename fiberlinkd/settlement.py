@@ -4,12 +4,14 @@ FNN has no invoice event stream, so detection is polling, arranged so that it is
 someone is waiting and cheap everywhere else:
 
 - *watched* tips (a plugin modal polled ``tip.status`` within the last few seconds) are
-  re-checked every ``WATCH_RECHECK_MS`` and always go first;
+  re-checked every ``WATCH_RECHECK_MS`` and go first, least recently checked first; while
+  scheduled checks are due they may take at most ``WATCHED_SHARE`` of the rate, so no
+  unwatched tip can starve however many modals are open;
 - every other unpaid tip follows its persisted schedule (``next_check_at``): soon after
   creation, then backing off with age (2 s, 4 s, 8 s … ``max_check_interval_s``) with
   jitter, until expiry + grace, when the invoice is cancelled on the node;
 - node load is bounded however many tips are open: at most ``max_concurrent_checks`` calls
-  in flight and ``max_checks_per_s`` ``get_invoice`` calls per second (a token bucket).
+  in flight and ``max_checks_per_s`` ``get_invoice`` calls in any one-second window.
 
 Choosing work walks the partial index on ``next_check_at``; it never scans history.
 Crediting is one transaction (:func:`fiberlinkd.ledger.tips.settle_tip`), idempotent by key.
@@ -18,8 +20,11 @@ Crediting is one transaction (:func:`fiberlinkd.ledger.tips.settle_tip`), idempo
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import prometheus_client
@@ -40,7 +45,10 @@ from fiberlinkd.runtime import Runtime
 log = logging.getLogger(__name__)
 
 WATCH_RECHECK_MS = 250
+WATCH_ERROR_RECHECK_MS = 2_000  # a watched tip whose check failed waits this long
+WATCHED_SHARE = 0.8  # of max_checks_per_s, for watched re-checks while scheduled ones are due
 PICK_BATCH = 32
+BACKLOG_REFRESH_S = 1.0
 IDLE_SLEEP_MAX_S = 5.0
 NODE_MISSING = "NODE_INVOICE_MISSING"
 ERROR_BACKOFF_MAX_MS = 30_000
@@ -64,26 +72,49 @@ FAILED = prometheus_client.Counter("fiberlinkd_tips_failed_total", "Tips failed"
 
 
 @attrs.define
-class TokenBucket:
-    """At most ``rate_per_s`` acquisitions per second on trio's clock (burst of one second)."""
+class RateLimiter:
+    """At most ``rate_per_s`` calls in any one-second window *as the node sees them*.
+
+    ``await acquire()`` before a call, ``release()`` when it has finished (also on error).
+    A call counts against the window from its grant until one second after it finished:
+    the node receives it somewhere in between, so however the network delays or bunches
+    requests, no one-second window at the node holds more than the limit (a window keyed
+    on grant times alone lets up to ``max_concurrent_checks`` more through). Bursts up to
+    the limit are allowed after idling; a token bucket with a one-second burst would let
+    twice the rate through then. Rates below one per second use a ``1 / rate`` window.
+    """
 
     rate_per_s: float
-    _tokens: float = 0.0
-    _updated: float | None = None
+    _finished: deque[float] = attrs.field(factory=deque)  # trio times, within the window
+    _open: int = 0
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def window_s(self) -> float:
+        return max(1.0, 1.0 / self.rate_per_s)
+
+    @property
+    def limit(self) -> int:
+        return max(1, math.floor(self.rate_per_s * self.window_s + 1e-9))
 
     async def acquire(self) -> None:
         while True:
             now = trio.current_time()
-            if self._updated is None:
-                self._updated, self._tokens = now, 1.0
-            self._tokens = min(
-                self.rate_per_s, self._tokens + (now - self._updated) * self.rate_per_s
-            )
-            self._updated = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
+            while self._finished and self._finished[0] + self.window_s <= now:
+                self._finished.popleft()
+            if self._open + len(self._finished) < self.limit:
+                self._open += 1
                 return
-            await trio.sleep((1.0 - self._tokens) / self.rate_per_s)
+            if self._finished:
+                await trio.sleep(max(1e-6, self._finished[0] + self.window_s - now))
+            else:  # every slot of the window is a call still in flight
+                await self._changed.wait()
+                self._changed = trio.Event()
+
+    def release(self) -> None:
+        self._open -= 1
+        self._finished.append(trio.current_time())
+        self._changed.set()
 
 
 def schedule_after(check_count: int, first_s: float, cap_s: float, rng: random.Random) -> int:
@@ -98,6 +129,9 @@ class SettlementPoller:
     rng: random.Random = attrs.field(factory=random.Random)
     _inflight: set[str] = attrs.field(factory=set)
     _last_unpaid_ms: dict[str, int] = attrs.field(factory=dict)
+    _watch_next_ms: dict[str, int] = attrs.field(factory=dict)  # earliest next watched check
+    _watched_grants: deque[float] = attrs.field(factory=deque)  # trio times, last second
+    _backlog_refreshed: float | None = None
     _recent_latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=1000))
 
     def _settings(self) -> tuple[int, float]:
@@ -105,9 +139,10 @@ class SettlementPoller:
         return cfg.max_concurrent_checks, cfg.max_checks_per_s
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll until cancelled. Cancellation mid-check leaves the tip as it was (due)."""
         concurrency, rate = self._settings()
         slots = trio.Semaphore(concurrency)
-        bucket = TokenBucket(rate)
+        limiter = RateLimiter(rate)
         self._inflight.clear()
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -115,67 +150,118 @@ class SettlementPoller:
                 now = self.rt.clock.now_ms()
                 picked = await self._pick(now)
                 for tip, kind in picked:
+                    if kind == "scheduled" and self._watched_waiting(self.rt.clock.now_ms()):
+                        break  # a watched tip fell due meanwhile: re-pick so it goes first
                     await slots.acquire()
-                    await bucket.acquire()
-                    self._inflight.add(tip.id)
-                    nursery.start_soon(self._check_and_release, tip, kind, slots)
+                    await limiter.acquire()
+                    self._dispatched(tip.id, kind)
+                    nursery.start_soon(self._check_and_release, tip, kind, slots, limiter)
                 if not picked:
                     await self.rt.watch_list.wakeup.wait(await self._idle_for(now))
+
+    def _dispatched(self, tip_id: str, kind: str) -> None:
+        self._inflight.add(tip_id)
+        if kind == "watched":
+            self._watched_allowance()  # prunes the window, so it stays bounded
+            self._watched_grants.append(trio.current_time())
+            self._watch_next_ms[tip_id] = self.rt.clock.now_ms() + WATCH_RECHECK_MS
+
+    def _watched_allowance(self) -> int:
+        """Watched re-checks still allowed in this second while scheduled checks are due."""
+        cutoff = trio.current_time() - 1.0
+        while self._watched_grants and self._watched_grants[0] <= cutoff:
+            self._watched_grants.popleft()
+        share = max(1, math.floor(self._settings()[1] * WATCHED_SHARE))
+        return max(0, share - len(self._watched_grants))
+
+    def _watched_due(self, now: int) -> list[str]:
+        """Watched tips due for a re-check, least recently checked first."""
+        active = self.rt.watch_list.active(now)
+        if len(self._watch_next_ms) > 2 * len(active) + 100:
+            keep = set(active)
+            for tip_id in [t for t in self._watch_next_ms if t not in keep]:
+                del self._watch_next_ms[tip_id]
+        due = [
+            t for t in active if t not in self._inflight and self._watch_next_ms.get(t, 0) <= now
+        ]
+        due.sort(key=lambda t: self._watch_next_ms.get(t, 0))
+        return due
+
+    def _watched_waiting(self, now: int) -> bool:
+        return bool(self._watched_due(now)) and self._watched_allowance() > 0
 
     async def _idle_for(self, now: int) -> float:
         next_due = await self.rt.ledger.read(tipsql.next_due_at)
         waits = [IDLE_SLEEP_MAX_S]
         if next_due is not None:
             waits.append(max(0.02, (next_due - now) / 1000))
-        if self.rt.watch_list.active(now):
-            waits.append(WATCH_RECHECK_MS / 1000)
-        BACKLOG.set(await self.rt.ledger.read(tipsql.unpaid_backlog))
+        watched = [
+            self._watch_next_ms.get(t, 0)
+            for t in self.rt.watch_list.active(now)
+            if t not in self._inflight
+        ]
+        if watched:
+            waits.append(max(0.005, (min(watched) - now) / 1000))
+        elif self._inflight:
+            waits.append(WATCH_RECHECK_MS / 1000)  # a finishing check may free a watched tip
+        if self._backlog_refreshed is None or (
+            trio.current_time() - self._backlog_refreshed >= BACKLOG_REFRESH_S
+        ):
+            self._backlog_refreshed = trio.current_time()
+            BACKLOG.set(await self.rt.ledger.read(tipsql.unpaid_backlog))
         return min(waits)
 
     async def _pick(self, now: int) -> list[tuple[tipsql.Tip, str]]:
-        """Watched tips due for a re-check first, then tips whose schedule is due."""
-        watched_ids = [
-            t
-            for t in self.rt.watch_list.active(now)
-            if t not in self._inflight and self._last_unpaid_ms.get(t, 0) + WATCH_RECHECK_MS <= now
-        ][:PICK_BATCH]
+        """Due watched tips first (within their share), then tips whose schedule is due."""
+        due = [
+            tip
+            for tip in await self.rt.ledger.read(
+                tipsql.due_tips, now, PICK_BATCH + len(self._inflight)
+            )
+            if tip.id not in self._inflight
+        ]
+        watched_ids = self._watched_due(now)
+        if due:
+            watched_ids = watched_ids[: self._watched_allowance()]
+        watched_ids = watched_ids[:PICK_BATCH]
         picked: list[tuple[tipsql.Tip, str]] = []
         if watched_ids:
-            rows = await self.rt.ledger.read(tipsql.unpaid_tips_by_id, watched_ids)
-            picked.extend((tip, "watched") for tip in rows)
-            for gone in set(watched_ids) - {t.id for t, _ in picked}:
+            rows = {
+                t.id: t for t in await self.rt.ledger.read(tipsql.unpaid_tips_by_id, watched_ids)
+            }
+            picked.extend((rows[t], "watched") for t in watched_ids if t in rows)
+            for gone in set(watched_ids) - set(rows):
                 self.rt.watch_list.forget(gone)
-        room = PICK_BATCH - len(picked)
-        if room > 0:
-            chosen = {t.id for t, _ in picked}
-            due = await self.rt.ledger.read(tipsql.due_tips, now, room + len(self._inflight))
-            for tip in due:
-                if (
-                    tip.id not in self._inflight
-                    and tip.id not in chosen
-                    and len(picked) < PICK_BATCH
-                ):
-                    picked.append((tip, "scheduled"))
+                self._watch_next_ms.pop(gone, None)
+        chosen = {t.id for t, _ in picked}
+        for tip in due:
+            if len(picked) >= PICK_BATCH:
+                break
+            if tip.id not in chosen:
+                picked.append((tip, "scheduled"))
         return picked
 
-    async def _check_and_release(self, tip: tipsql.Tip, kind: str, slots: trio.Semaphore) -> None:
+    async def _check_and_release(
+        self, tip: tipsql.Tip, kind: str, slots: trio.Semaphore, limiter: RateLimiter
+    ) -> None:
         try:
             CHECKS.labels(kind).inc()
             await self.check(tip)
-        finally:
+        finally:  # the node call is over (counting the record-keeping too: conservative)
+            limiter.release()
             self._inflight.discard(tip.id)
             slots.release()
 
     async def check(self, tip: tipsql.Tip) -> None:
         """Ask the node about one tip and record what it said. Never raises for node trouble."""
         rt = self.rt
-        now = rt.clock.now_ms()
         grace_ms = int(rt.config.settlement.expiry_grace_s * 1000)
         try:
             with trio.fail_after(rt.config.fnn.call_timeout_s):
                 info = await rt.node.get_invoice(tip.payment_hash)
         except (FnnError, trio.TooSlowError) as exc:
-            await self._node_trouble(tip, exc, now)
+            # Back off from now, not from before the call: a timeout took call_timeout_s.
+            await self._node_trouble(tip, exc, rt.clock.now_ms())
             return
         now = rt.clock.now_ms()
         status = info.status
@@ -200,6 +286,8 @@ class SettlementPoller:
 
     async def _node_trouble(self, tip: tipsql.Tip, exc: BaseException, now: int) -> None:
         FNN_ERRORS.labels(type(exc).__name__).inc()
+        if tip.id in self._watch_next_ms:  # a watched tip backs off too, more gently
+            self._watch_next_ms[tip.id] = now + WATCH_ERROR_RECHECK_MS
         if is_invoice_not_found(exc):
             if tip.last_error == NODE_MISSING:
                 await self._fail(tip, now, NODE_MISSING)
@@ -243,6 +331,7 @@ class SettlementPoller:
     async def _settle(self, tip: tipsql.Tip, now: int, source: str) -> None:
         done = await self.rt.ledger.transact(tipsql.settle_tip, tip.id, now_ms=now, source=source)
         self.rt.watch_list.forget(tip.id)
+        self._watch_next_ms.pop(tip.id, None)
         seen = self._last_unpaid_ms.pop(tip.id, tip.created_at)
         if done:
             latency = max(0.0, (now - seen) / 1000)
@@ -256,6 +345,7 @@ class SettlementPoller:
             tipsql.fail_tip, tip.id, now_ms=now, reason=reason, source="SETTLEMENT_POLLER"
         )
         self.rt.watch_list.forget(tip.id)
+        self._watch_next_ms.pop(tip.id, None)
         self._last_unpaid_ms.pop(tip.id, None)
         if done:
             FAILED.labels(reason).inc()
@@ -271,6 +361,11 @@ class SettlementPoller:
         }
 
 
+BACKFILL_PAGE = 200
+BACKFILL_CHANGES_LISTED = 100  # the summary lists at most this many changed tips
+BackfillProgress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
 async def backfill(
     rt: Runtime,
     *,
@@ -278,15 +373,37 @@ async def backfill(
     since_ms: int,
     until_ms: int,
     calls_per_s: float = 20.0,
-    on_progress: object = None,
-) -> dict[str, int]:
+    on_progress: BackfillProgress | None = None,
+) -> dict[str, Any]:
     """Re-check every tip created in [since, until) against the node; settle what was paid.
 
     Settles UNPAID and FAILED tips the node reports Paid (a FAILED one gets a
-    LATE_SETTLEMENT event). Returns counts of what it looked at and changed.
+    LATE_SETTLEMENT event); SETTLED tips are skipped without a node call. At most
+    ``calls_per_s`` ``get_invoice`` calls in any second. ``on_progress`` is awaited after
+    each page of ``BACKFILL_PAGE`` tips with ``done_pages``/``total_pages`` and the counts.
+    Returns the counts and the first ``BACKFILL_CHANGES_LISTED`` changes
+    (``{tip_id, app_id, from, to}``). Safe to re-run: a replay changes nothing.
+
+    Errors: node trouble is counted (``errors``, ``missing_on_node``), never raised.
     """
-    bucket = TokenBucket(calls_per_s)
-    summary = {"checked": 0, "settled": 0, "late_settled": 0, "errors": 0}
+    limiter = RateLimiter(calls_per_s)
+    total = await rt.ledger.read(
+        tipsql.count_tips_in_window, app_id=app_id, since_ms=since_ms, until_ms=until_ms
+    )
+    counts = {
+        "total": total,
+        "examined": 0,
+        "already_settled": 0,
+        "checked": 0,
+        "settled": 0,
+        "late_settled": 0,
+        "unchanged": 0,
+        "missing_on_node": 0,
+        "errors": 0,
+    }
+    changes: list[dict[str, str]] = []
+    total_pages = math.ceil(total / BACKFILL_PAGE)
+    done_pages = 0
     after = ""
     while True:
         page = await rt.ledger.read(
@@ -295,27 +412,48 @@ async def backfill(
             since_ms=since_ms,
             until_ms=until_ms,
             after_id=after,
-            limit=200,
+            limit=BACKFILL_PAGE,
         )
         if not page:
-            return summary
+            break
         for tip in page:
             after = tip.id
+            counts["examined"] += 1
             if tip.state == tipsql.SETTLED:
+                counts["already_settled"] += 1
                 continue
-            await bucket.acquire()
-            summary["checked"] += 1
+            await limiter.acquire()
+            counts["checked"] += 1
             try:
                 with trio.fail_after(rt.config.fnn.call_timeout_s):
                     info = await rt.node.get_invoice(tip.payment_hash)
-            except (FnnError, trio.TooSlowError):
-                summary["errors"] += 1
+            except (FnnError, trio.TooSlowError) as exc:
+                limiter.release()
+                FNN_ERRORS.labels(type(exc).__name__).inc()
+                counts["missing_on_node" if is_invoice_not_found(exc) else "errors"] += 1
+                log.warning("backfill: node check failed", extra=kv(tip=tip.id, error=repr(exc)))
                 continue
-            if info.status is InvoiceStatus.PAID:
-                done = await rt.ledger.transact(
-                    tipsql.settle_tip, tip.id, now_ms=rt.clock.now_ms(), source="BACKFILL"
+            limiter.release()
+            if info.status is not InvoiceStatus.PAID:
+                counts["unchanged"] += 1
+                continue
+            done = await rt.ledger.transact(
+                tipsql.settle_tip, tip.id, now_ms=rt.clock.now_ms(), source="BACKFILL"
+            )
+            if not done:  # settled meanwhile (by the poller): nothing changed here
+                counts["unchanged"] += 1
+                continue
+            late = tip.state == tipsql.FAILED
+            counts["late_settled" if late else "settled"] += 1
+            SETTLED.labels("BACKFILL").inc()
+            log.info("backfill settled a tip", extra=kv(tip=tip.id, app=tip.app_id, late=late))
+            if len(changes) < BACKFILL_CHANGES_LISTED:
+                changes.append(
+                    {"tip_id": tip.id, "app_id": tip.app_id, "from": tip.state, "to": "SETTLED"}
                 )
-                if done:
-                    summary["late_settled" if tip.state == tipsql.FAILED else "settled"] += 1
-            if callable(on_progress):
-                on_progress(summary)
+        done_pages += 1
+        if on_progress is not None:
+            await on_progress(
+                {"done_pages": done_pages, "total_pages": max(total_pages, done_pages), **counts}
+            )
+    return {**counts, "changes": changes}

@@ -320,6 +320,19 @@ def unpaid_backlog(conn: sqlite3.Connection) -> int:
     return int(row["n"])
 
 
+def count_tips_in_window(
+    conn: sqlite3.Connection, *, app_id: str | None, since_ms: int, until_ms: int
+) -> int:
+    """How many tips were created in [since, until) (of one app if given), for backfill."""
+    sql = "SELECT count(*) AS n FROM tip_intents WHERE created_at >= ? AND created_at < ?"
+    params: list[Any] = [since_ms, until_ms]
+    if app_id is not None:
+        sql += " AND app_id = ?"
+        params.append(app_id)
+    row = conn.execute(sql, params).fetchone()
+    return int(row["n"])
+
+
 def tips_in_window(
     conn: sqlite3.Connection,
     *,

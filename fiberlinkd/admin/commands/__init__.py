@@ -13,4 +13,5 @@ MODULES: tuple[str, ...] = (
     "fiberlinkd.admin.commands.freeze",
     "fiberlinkd.withdrawals.admin_commands",
     "fiberlinkd.reconciler.admin_commands",
+    "fiberlinkd.settlement_admin",
 )
