@@ -86,7 +86,7 @@ class Authenticator:
         now = trio.current_time()
         if cached is not None and cached[1] > now:
             return cached[0]
-        secret = await self.ledger.read(app_secret, app_id)
+        secret = self.ledger.lookup(app_secret, app_id)
         if len(self._secrets) > 1024:
             self._secrets.clear()
         self._secrets[app_id] = (secret, now + self.SECRET_CACHE_S)

@@ -181,7 +181,7 @@ async def tip_status(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[s
     invoice = params.get("invoice")
     if not isinstance(invoice, str) or not invoice or len(invoice) > MAX_INVOICE_LEN:
         raise invalid_params("invoice must be a non-empty string", "invoice")
-    found = await rt.ledger.read(tipsql.tip_state_by_invoice, app_id, invoice)
+    found = rt.ledger.lookup(tipsql.tip_state_by_invoice, app_id, invoice)
     if found is None:
         raise RpcError(TIP_NOT_FOUND, "Tip not found")
     tip_id, state = found

@@ -136,6 +136,7 @@ class Ledger:
     path: Path
     _writer: sqlite3.Connection
     _reader: sqlite3.Connection
+    _point_reader: sqlite3.Connection
     inline: bool = False
     _write_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     _read_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
@@ -175,7 +176,22 @@ class Ledger:
             limiter=self._read_limiter,
         )
 
+    def lookup(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run a tiny read (one or two index lookups) right here on the trio thread.
+
+        For the API's hottest reads, where a thread hand-off costs more than the query. In
+        WAL mode a reader never waits for the writer, so this cannot block the event loop
+        on a lock. Anything that scans belongs in :meth:`read`.
+        """
+        return _run_read(self._point_reader, fn, *args, **kwargs)
+
     def close(self) -> None:
+        self._point_reader.close()
         self._reader.close()
         self._writer.close()
 
@@ -240,10 +256,11 @@ async def open_ledger(
     try:
         _prepare_schema(writer, migrate_schema=migrate_schema)
         reader = connect(path, read_only=True)
+        point_reader = connect(path, read_only=True)
     except BaseException:
         writer.close()
         raise
-    ledger = Ledger(path, writer, reader, inline=inline)
+    ledger = Ledger(path, writer, reader, point_reader, inline=inline)
     try:
         yield ledger
     finally:
