@@ -5,6 +5,11 @@ Every actor starts under the supervisor with ``nursery.start``; READY=1 goes to 
 only after all have started. SIGTERM/SIGINT: STOPPING=1, the API stops accepting and
 drains in-flight requests within ``[api] graceful_timeout_s``, then the actors are
 cancelled (steps that must not be torn run shielded inside the actors).
+
+With ``[onchain] enabled`` it also loads the hot wallet key (a bad or exposed key file stops
+startup), opens an httpx client for the CKB node, and starts the on-chain executor, which
+first checks that the CKB node's genesis matches the Fiber node's chain (mainnet ↔ Fibb,
+testnet ↔ Fibt, else dev) and refuses to pay on a mismatch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -28,6 +34,9 @@ from fiberlinkd.runtime import Runtime, WatchList
 from fiberlinkd.sdnotify import Notifier
 from fiberlinkd.supervisor import ActorRun, Supervisor
 
+if TYPE_CHECKING:
+    from fiberlinkd.onchain.service import OnchainService
+
 log = logging.getLogger(__name__)
 
 ActorFactory = Callable[[Runtime], ActorRun]
@@ -39,6 +48,34 @@ def default_actors(rt: Runtime, stop_accepting: trio.Event) -> list[tuple[str, A
     from fiberlinkd.actors import build_actors
 
     return build_actors(rt, stop_accepting)
+
+
+def build_onchain(
+    config: Config, http: httpx.AsyncClient, environ: dict[str, str]
+) -> OnchainService | None:
+    """The hot wallet and the CKB client when ``[onchain] enabled``.
+
+    Errors: :class:`fiberlinkd.config.ConfigError` for a missing, unreadable, exposed
+    (group/world-accessible) or malformed hot wallet key.
+    """
+    if not config.onchain.enabled:
+        return None
+    from fiberlinkd.ckb.client import CkbClient
+    from fiberlinkd.onchain.service import OnchainService
+    from fiberlinkd.onchain.wallet import load_hot_wallet
+
+    wallet = load_hot_wallet(config.onchain, environ)
+    url = config.onchain.ckb_rpc_url
+    return OnchainService(config.onchain, wallet, CkbClient(http, url), url=url)
+
+
+def onchain_actors(rt: Runtime) -> list[tuple[str, ActorRun]]:
+    """The on-chain executor, when on-chain payouts are enabled."""
+    if rt.onchain is None:
+        return []
+    from fiberlinkd.onchain.executor import OnchainExecutor
+
+    return [("onchain", OnchainExecutor(rt).run)]
 
 
 def build_fnn_client(config: Config, http: httpx.AsyncClient, environ: dict[str, str]) -> FiberNode:
@@ -72,11 +109,14 @@ async def run_daemon(
     supervisor = supervisor or Supervisor()
     stop = trio.Event() if stop is None else stop
     timeout = httpx.Timeout(config.fnn.call_timeout_s, connect=config.fnn.connect_timeout_s)
+    ckb_timeout = httpx.Timeout(config.onchain.call_timeout_s, connect=config.fnn.connect_timeout_s)
     async with (
         open_ledger(config.state_path, inline=inline_ledger) as ledger,
         httpx.AsyncClient(timeout=timeout) as http,
+        httpx.AsyncClient(timeout=ckb_timeout) as ckb_http,
     ):
         fnn = node if node is not None else build_fnn_client(config, http, environ)
+        onchain = build_onchain(config, ckb_http, environ)
         rt = Runtime(
             config=config,
             ledger=ledger,
@@ -86,7 +126,13 @@ async def run_daemon(
             supervisor=supervisor,
             started_at_ms=clock.now_ms(),
             watch_list=WatchList(ttl_ms=int(config.settlement.watch_ttl_s * 1000)),
+            onchain=onchain,
         )
+        if onchain is not None:
+            log.info(
+                "on-chain payouts enabled",
+                extra=kv(ckb_url=onchain.url, confirmations=config.onchain.confirmations),
+            )
         stop_accepting = trio.Event()
         log.info("starting", extra=kv(version=__version__, state_dir=config.state_dir))
         async with trio.open_nursery() as nursery:
@@ -94,6 +140,7 @@ async def run_daemon(
             watcher = NodeWatcher(fnn, rt.node_state, clock)
             await nursery.start(supervisor.supervise, "nodewatch", watcher.run)
             built = list(actors(rt, stop_accepting))
+            built += onchain_actors(rt)  # the API is started last whatever its position
             front = [(n, r) for n, r in built if n == "api"]
             back = [(n, r) for n, r in built if n != "api"]
             async with trio.open_nursery() as back_nursery:

@@ -3,7 +3,9 @@
 It starts the simulator and the full daemon with a temporary state directory, creates an
 app, and walks the story the way the Discourse plugin and a reader would: a tip invoice
 over signed ``/rpc``, a simulated payment, settlement, the creator's dashboard, a
-withdrawal to a simulated remote invoice paid exactly once, and a clean reconciliation.
+withdrawal to a simulated remote invoice paid exactly once, an on-chain withdrawal to a
+``ckt1…`` address paid from a hot wallet on the built-in CKB dev chain (exactly one output
+to that address), and a clean reconciliation.
 ``--once`` exits 0 only if every step succeeded; otherwise it keeps serving and prints the
 plugin settings to use.
 """
@@ -24,6 +26,9 @@ import httpx
 import trio
 
 from fiberlinkd.api.auth import signature
+from fiberlinkd.ckb.address import Script, encode_address, hex_bytes
+from fiberlinkd.ckb.devchain import DEVNET_SECP256K1_DEP_GROUP, RunningDevChain, open_devchain
+from fiberlinkd.ckb.tx import lock_for_key
 from fiberlinkd.config import Config, load_config
 from fiberlinkd.daemon import run_daemon
 from fiberlinkd.fnn.client import FnnClient
@@ -34,6 +39,11 @@ from fiberlinkd.runtime import Runtime
 
 APP_ID = "demo-forum"
 STEP_BOUND_S = 20.0
+TIP_CKB = 200
+HOT_WALLET_FUNDING_CKB = 10_000
+ONCHAIN_WITHDRAWAL_CKB = 70
+ONCHAIN_CONFIRMATIONS = 3
+SHANNONS_PER_CKB = 100_000_000
 
 
 class DemoFailed(Exception):
@@ -44,6 +54,8 @@ class DemoFailed(Exception):
 class Story:
     rt: Runtime
     sim: Simulator
+    devchain: RunningDevChain
+    hot_wallet: Script
     http: httpx.AsyncClient
     api_url: str
     secret: str
@@ -84,7 +96,7 @@ class Story:
             result = await self.rpc(
                 "tip.create",
                 {
-                    "amount": "100",
+                    "amount": str(TIP_CKB),
                     "asset": "CKB",
                     "postId": "1",
                     "fromUserId": "2",
@@ -98,7 +110,7 @@ class Story:
         async def pay_tip() -> str:
             await self.sim_call("sim_pay_invoice", {"invoice": state["invoice"]})
             state["paid_at"] = trio.current_time()
-            return "a reader's wallet paid 100 CKB through the simulated network"
+            return f"a reader's wallet paid {TIP_CKB} CKB through the simulated network"
 
         async def settle() -> str:
             while True:
@@ -122,7 +134,7 @@ class Story:
                 },
             )
             balances = summary["balances"]
-            if balances["available"] != "100":
+            if balances["available"] != str(TIP_CKB):
                 raise DemoFailed(f"unexpected balance {balances}")
             return f"creator 3 sees available {balances['available']} {balances['asset']}"
 
@@ -164,6 +176,54 @@ class Story:
                 f"balance now {summary['balances']['available']} CKB"
             )
 
+        async def withdraw_onchain() -> str:
+            await self.rpc_to(
+                self.devchain.url,
+                "sim_fund",
+                {
+                    "address": encode_address(self.hot_wallet, "devnet"),
+                    "amount": HOT_WALLET_FUNDING_CKB * SHANNONS_PER_CKB,
+                },
+            )
+            recipient = lock_for_key(secrets.token_bytes(31) + b"\x01")
+            address = encode_address(recipient, "devnet")
+            destination = {"kind": "CKB_ADDRESS", "address": address}
+            params = {
+                "userId": "3",
+                "amount": str(ONCHAIN_WITHDRAWAL_CKB),
+                "asset": "CKB",
+                "destination": destination,
+            }
+            quote = await self.rpc("withdrawal.quote", params)
+            if quote["destinationValid"] is not True or quote["validationMessage"] is not None:
+                raise DemoFailed(f"quote refused: {quote['validationMessage']}")
+            request = await self.rpc("withdrawal.request", params)
+            if request["state"] != "PENDING":
+                raise DemoFailed(f"on-chain withdrawal is {request['state']}")
+            # Poll what the executor commits and broadcasts (the ledger, then the mempool).
+            while (  # noqa: ASYNC110 - the state lives in SQLite and the simulator
+                await self.rt.ledger.read(_withdrawal_tx, request["id"]) is None
+                or not self.devchain.chain.mempool
+            ):
+                await trio.sleep(0.05)
+            await self.rpc_to(self.devchain.url, "sim_mine", {"blocks": ONCHAIN_CONFIRMATIONS + 1})
+            while True:
+                row = await self.rt.ledger.read(_withdrawal_state, request["id"])
+                if row == "COMPLETED":
+                    break
+                if row == "FAILED":
+                    raise DemoFailed("on-chain withdrawal failed")
+                await trio.sleep(0.05)
+            outputs = self.devchain.chain.committed_outputs_to(recipient)
+            if len(outputs) != 1:
+                raise DemoFailed(f"the chain shows {len(outputs)} outputs to {address}")
+            tx_hash = hex_bytes(outputs[0].out_point.tx_hash)
+            return (
+                f"{outputs[0].output.capacity / SHANNONS_PER_CKB:g} CKB to {address[:14]}… "
+                f"in tx {tx_hash[:12]}…, {ONCHAIN_CONFIRMATIONS} confirmations, exactly one "
+                "output to that address"
+            )
+
         async def reconcile() -> str:
             from fiberlinkd.reconciler.actor import Reconciler
 
@@ -178,11 +238,19 @@ class Story:
         await self.step("the settlement poller credits the creator", settle)
         await self.step("the creator's dashboard shows the balance", dashboard)
         await self.step("withdraw 61 CKB to a remote Fiber invoice", withdraw)
+        await self.step(
+            f"withdraw {ONCHAIN_WITHDRAWAL_CKB} CKB on chain to a ckt1 address from the hot wallet",
+            withdraw_onchain,
+        )
         await self.step("the reconciler proves the books", reconcile)
 
     async def sim_call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.rpc_to(self.sim.url, method, params)
+
+    async def rpc_to(self, url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A simulator control call (FNN simulator or CKB dev chain)."""
         body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": [params]}
-        response = await self.http.post(self.sim.url, json=body)
+        response = await self.http.post(url, json=body)
         envelope: dict[str, Any] = response.json()
         if "error" in envelope:
             raise DemoFailed(f"simulator {method}: {envelope['error']}")
@@ -190,12 +258,21 @@ class Story:
         return result
 
 
+def _withdrawal_tx(conn: Any, withdrawal_id: str) -> str | None:
+    row = conn.execute("SELECT tx_hash FROM withdrawals WHERE id = ?", (withdrawal_id,)).fetchone()
+    return row["tx_hash"] if row else None
+
+
 def _withdrawal_state(conn: Any, withdrawal_id: str) -> str | None:
     row = conn.execute("SELECT state FROM withdrawals WHERE id = ?", (withdrawal_id,)).fetchone()
     return row["state"] if row else None
 
 
-def _demo_config(state_dir: Path, listen: str, fnn_url: str) -> Config:
+def _demo_config(state_dir: Path, listen: str, fnn_url: str, ckb_url: str) -> Config:
+    key_file = state_dir / "hot-wallet.key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(secrets.token_bytes(31).hex() + "01\n")
+    dep = DEVNET_SECP256K1_DEP_GROUP.out_point
     path = state_dir / "fiberlinkd.toml"
     path.write_text(
         f'state_dir = "{state_dir}"\nlog_level = "warning"\n'
@@ -203,6 +280,9 @@ def _demo_config(state_dir: Path, listen: str, fnn_url: str) -> Config:
         f'[fnn]\nurl = "{fnn_url}"\n'
         f'[admin]\nsocket = "{state_dir / "admin.sock"}"\n'
         "[settlement]\nfirst_check_after_s = 1.0\n"
+        f'[onchain]\nenabled = true\nckb_rpc_url = "{ckb_url}"\n'
+        f'hot_wallet_key_file = "{key_file}"\nconfirmations = {ONCHAIN_CONFIRMATIONS}\n'
+        f'poll_s = 0.1\nsecp256k1_dep_group = "{hex_bytes(dep.tx_hash)}:{dep.index}"\n'
     )
     return load_config(path, environ={})
 
@@ -213,11 +293,13 @@ async def run_demo(*, once: bool, listen: str, out: Callable[[str], None] = prin
         out(f"fiberlinkd demo — state in {state_dir} (deleted on exit)")
         async with (
             open_simulator(network="Fibd", settle_delay_s=0.2) as sim,
+            open_devchain("devnet", "127.0.0.1", 0) as devchain,
             httpx.AsyncClient(timeout=10) as http,
             trio.open_nursery() as nursery,
         ):
             out(f"  FNN simulator listening on {sim.url}")
-            config = _demo_config(state_dir, listen, sim.url)
+            out(f"  CKB dev chain listening on {devchain.url}")
+            config = _demo_config(state_dir, listen, sim.url, devchain.url)
             node = FnnClient(http, sim.url, call_timeout_s=5.0)
             stop = trio.Event()
             rt: Runtime = await nursery.start(
@@ -232,7 +314,8 @@ async def run_demo(*, once: bool, listen: str, out: Callable[[str], None] = prin
             secret = secrets.token_hex(32)
             await rt.ledger.transact(insert_app, APP_ID, secret, rt.clock.now_ms())
             out(f"  daemon serving the plugin API on {api_url}/rpc; app {APP_ID!r} created")
-            story = Story(rt, sim, http, api_url, secret, out)
+            assert rt.onchain is not None
+            story = Story(rt, sim, devchain, rt.onchain.wallet.lock, http, api_url, secret, out)
             try:
                 await story.run()
             except (DemoFailed, trio.TooSlowError, httpx.HTTPError, ImportError) as exc:

@@ -178,6 +178,9 @@ def _add_event(
     )
 
 
+add_event = _add_event  # for fiberlinkd.ledger.onchain, which shares the timeline
+
+
 def get_withdrawal(conn: sqlite3.Connection, withdrawal_id: str) -> Withdrawal | None:
     row = conn.execute("SELECT * FROM withdrawals WHERE id = ?", (withdrawal_id,)).fetchone()
     return Withdrawal.from_row(row) if row else None
@@ -227,6 +230,9 @@ def _release_all(conn: sqlite3.Connection, w: Withdrawal, now_ms: int) -> None:
         idempotency_key=release_key(w.id, round_no),
         now_ms=now_ms,
     )
+
+
+require_withdrawal = _require
 
 
 # --- usage windows (indexed; cost follows the rows inside the window) -------------------
@@ -577,7 +583,9 @@ def complete_withdrawal(
         now_ms,
         PROCESSING,
         COMPLETED,
-        f"paid; payment_hash={w.payment_hash} fee={fee_paid}",
+        f"paid; tx_hash={w.tx_hash} fee={fee_paid}"
+        if w.destination_kind == CKB_ADDRESS
+        else f"paid; payment_hash={w.payment_hash} fee={fee_paid}",
     )
     return _require(conn, w.id)
 

@@ -9,7 +9,9 @@ One run (:meth:`Reconciler.run_once`):
    read snapshot on the reconciler's own read-only connection (writers are never blocked,
    and the API's reads never queue behind a chunk): balances, entries + hash chain,
    tips, withdrawals (:mod:`.checks`).
-3. Node parity and solvency, rate-limited (:mod:`.parity`).
+3. Node parity and solvency, rate-limited (:mod:`.parity`); with on-chain payouts the hot
+   wallet counts toward CKB solvency, and :mod:`.onchain` checks COMPLETED on-chain
+   withdrawals against the CKB node and warns when the wallet is underfunded.
 4. One transaction: findings, status (CLEAN when nothing above INFO, else PROBLEMS), and —
    if any finding is CRITICAL and payouts are not frozen yet — the freeze, with the first
    critical finding as the reason. Only ``fiberlinkd admin unfreeze`` lifts it.
@@ -60,6 +62,7 @@ from fiberlinkd.reconciler.checks import (
     check_withdrawals,
     verify_chain,
 )
+from fiberlinkd.reconciler.onchain import OnchainChecks
 from fiberlinkd.reconciler.parity import CallPacer, NodeChecks
 from fiberlinkd.runtime import Runtime
 
@@ -164,16 +167,27 @@ class Reconciler:
                 head = await self._internal_checks(reader, sink, stats)
             finally:
                 reader.close()
+            pacer = CallPacer(self.rt.config.reconciler.max_node_calls_per_s)
+            onchain_checks: OnchainChecks | None = None
+            hot_wallet: int | None = None
+            if self.rt.onchain is not None:
+                onchain_checks = OnchainChecks(self.rt.onchain, ledger, clock, pacer, stats)
+                view = await onchain_checks.wallet(sink)
+                hot_wallet = None if view is None else view.balance
             node_checks = NodeChecks(
                 node=self.rt.node,
                 ledger=ledger,
                 clock=clock,
-                pacer=CallPacer(self.rt.config.reconciler.max_node_calls_per_s),
+                pacer=pacer,
                 node_info=self.rt.node_state.info,
                 expiry_grace_ms=int(self.rt.config.settlement.expiry_grace_s * 1000),
                 stats=stats,
+                onchain_enabled=onchain_checks is not None,
+                hot_wallet_shannons=hot_wallet,
             )
             await node_checks.run(sink)
+            if onchain_checks is not None:
+                await onchain_checks.run(sink)
         except BaseException as exc:
             await self._record_error(run_id, exc, trio.current_time() - started_s)
             raise

@@ -18,9 +18,10 @@ Codes:
   withdrawal row knows. ``PAID_WITHDRAWAL_MARKED_FAILED`` (CRITICAL): one that the ledger
   has FAILED (its reservation was released, the money left anyway).
   ``LIST_PAYMENTS_UNSUPPORTED`` (INFO): FNN < 0.8 has no ``list_payments``.
-- ``SOLVENCY_SHORTFALL`` (CRITICAL): per asset, the node's spendable channel balance is
-  below what fiberlinkd owes. ``SOLVENCY_UNCHECKED`` (WARNING): a UDT asset the node does
-  not list.
+- ``SOLVENCY_SHORTFALL`` (CRITICAL): per asset, the node's spendable channel balance (plus,
+  for CKB with on-chain payouts, the hot wallet's balance) is below what fiberlinkd owes.
+  ``SOLVENCY_UNCHECKED`` (WARNING): a UDT asset the node does not list, or CKB while the
+  CKB node does not report the hot wallet.
 - ``NODE_UNAVAILABLE`` (WARNING): the node did not answer; the rest of the node checks wait
   for the next run. ``NODE_ERROR`` (WARNING): an unexpected node answer for one item.
 
@@ -115,6 +116,8 @@ class NodeChecks:
     node_info: NodeInfo | None
     expiry_grace_ms: int
     stats: dict[str, Any] = attrs.field(factory=dict)
+    onchain_enabled: bool = False  # the hot wallet also holds CKB fiberlinkd owes
+    hot_wallet_shannons: int | None = None  # its balance; None: the CKB node did not answer
 
     async def run(self, sink: FindingSink) -> None:
         """All node checks; a node outage becomes one ``NODE_UNAVAILABLE`` warning.
@@ -390,6 +393,8 @@ class NodeChecks:
         channels = await self._call(self.node.list_channels)
         after = await self.ledger.read(owed_per_asset)
         spendable = self.spendable_per_asset(channels)
+        if self.onchain_enabled and self.hot_wallet_shannons is not None:
+            spendable["CKB"] = spendable.get("CKB", 0) + self.hot_wallet_shannons
         report: dict[str, dict[str, int]] = {}
         for asset in sorted(before.keys() | after.keys()):
             owed_now = after.get(asset, Owed(0, 0))
@@ -401,6 +406,20 @@ class NodeChecks:
                 "owed_floor": floor,
                 "node_spendable": have or 0,
             }
+            if asset == "CKB" and self.onchain_enabled:
+                report[asset]["hot_wallet"] = self.hot_wallet_shannons or 0
+                if self.hot_wallet_shannons is None:
+                    if floor > 0:
+                        sink.add(
+                            Finding(
+                                WARNING,
+                                "SOLVENCY_UNCHECKED",
+                                f"fiberlinkd owes {floor} CKB but the CKB node did not report"
+                                " the hot wallet's balance; cannot check CKB solvency",
+                                {"asset": asset, "owed": floor},
+                            )
+                        )
+                    continue
             if have is None and asset != "CKB":
                 if floor > 0:
                     sink.add(

@@ -4,9 +4,11 @@
     withdrawals show ID          the row, its timeline and what the node says (get_payment)
     withdrawals cancel ID        PENDING / RETRY_PENDING / LIQUIDITY_PENDING only, and only
                                  when nothing can have been paid: if it was ever sent, the
-                                 node must show the session Failed or not found
+                                 node must show the session Failed or not found (on chain:
+                                 no signed transaction that may still commit)
     withdrawals retry ID         a FAILED (not cancelled) one whose payment the node confirms
                                  is not successful; reserves the balance again
+    wallet                       the hot wallet: address, balance, reserved, liquidity
     policy show APP
     policy set APP [--min-amount] [--max-per-request] [--user-daily-limit]
                    [--app-daily-limit] [--cooldown-s] [--allowed-assets CKB,USDI]
@@ -36,6 +38,7 @@ from fiberlinkd.admin.registry import (
     register_status_section,
 )
 from fiberlinkd.amounts import format_amount
+from fiberlinkd.ckb.client import CkbClientError
 from fiberlinkd.clock import iso_ms
 from fiberlinkd.fnn.errors import (
     FnnContractError,
@@ -45,7 +48,9 @@ from fiberlinkd.fnn.errors import (
 )
 from fiberlinkd.fnn.types import Payment, PaymentStatus
 from fiberlinkd.ledger.admin import get_app
+from fiberlinkd.ledger.onchain import onchain_totals
 from fiberlinkd.ledger.withdrawals import (
+    CKB_ADDRESS,
     LIQUIDITY_PENDING,
     PENDING,
     RETRY_PENDING,
@@ -62,6 +67,7 @@ from fiberlinkd.ledger.withdrawals import (
     put_policy,
     reopen_failed,
 )
+from fiberlinkd.onchain.service import NETWORK_FOR_CURRENCY
 from fiberlinkd.runtime import Runtime
 from fiberlinkd.withdrawals.policy import Policy, PolicyError
 
@@ -86,6 +92,7 @@ def _row_json(rt: Runtime, w: Withdrawal) -> dict[str, Any]:
         "destination_kind": w.destination_kind,
         "destination": w.destination,
         "payment_hash": w.payment_hash,
+        "tx_hash": w.tx_hash,
         "fee_reserved": format_amount(w.fee_reserved, decimals),
         "fee_paid": None if w.fee_paid is None else format_amount(w.fee_paid, decimals),
         "attempts": w.attempts,
@@ -116,6 +123,22 @@ async def _node_payment(rt: Runtime, payment_hash: str) -> Payment | None:
         ) from None
 
 
+async def _chain_evidence(rt: Runtime, w: Withdrawal) -> dict[str, Any] | str:
+    """What the CKB node says about an on-chain withdrawal's transaction."""
+    if w.tx_hash is None:
+        return "no transaction signed"
+    if rt.onchain is None:
+        return "on-chain payouts are not enabled; cannot ask the CKB node"
+    try:
+        with trio.fail_after(NODE_BOUND_S):
+            status = await rt.onchain.chain.get_transaction(
+                bytes.fromhex(w.tx_hash.removeprefix("0x"))
+            )
+    except (CkbClientError, trio.TooSlowError) as exc:
+        return f"the CKB node did not answer get_transaction ({type(exc).__name__})"
+    return {"tx_hash": w.tx_hash, "status": status.status, "block_number": status.block_number}
+
+
 async def _lookup(ctx: CommandContext, args: dict[str, Any]) -> Withdrawal:
     withdrawal_id = arg_str(args, "id", max_chars=100)
     w = await ctx.rt.ledger.read(get_withdrawal, withdrawal_id)
@@ -127,6 +150,14 @@ async def _lookup(ctx: CommandContext, args: dict[str, Any]) -> Withdrawal:
 
 async def _require_not_paid(ctx: CommandContext, w: Withdrawal, action: str) -> str:
     """Prove with the node that ``w``'s payment did not and cannot succeed; returns evidence."""
+    if w.destination_kind == CKB_ADDRESS:
+        # An on-chain row holds a signed transaction only while it may still commit
+        # (PROCESSING / COMPLETED); abandoned ones were proven dead by the CKB node.
+        if w.tx_hash is not None:
+            raise AdminError(
+                CONFLICT, f"transaction {w.tx_hash} is signed for it and may still commit"
+            )
+        return "no transaction signed"
     if w.sent_at is None or w.payment_hash is None:
         return "never sent"
     payment = await _node_payment(ctx.rt, w.payment_hash)
@@ -175,7 +206,9 @@ async def withdrawals_show(ctx: CommandContext, args: dict[str, Any]) -> dict[st
     w = await _lookup(ctx, args)
     events = await ctx.rt.ledger.read(list_events, w.id)
     evidence: dict[str, Any] | str
-    if w.payment_hash is None:
+    if w.destination_kind == CKB_ADDRESS:
+        evidence = await _chain_evidence(ctx.rt, w)
+    elif w.payment_hash is None:
         evidence = "no payment hash"
     else:
         try:
@@ -313,6 +346,64 @@ async def _status(rt: Runtime) -> dict[str, Any]:
 register_status_section("withdrawals", _status)
 
 
+def _ckb(units: int) -> str:
+    return format_amount(units, 8)
+
+
+async def wallet_report(rt: Runtime) -> dict[str, Any]:
+    """The hot wallet: address, balance, what pending payouts hold, liquidity."""
+    onchain = rt.onchain
+    if onchain is None:
+        return {"enabled": False}
+    currency = rt.node_state.currency
+    network = onchain.network or (NETWORK_FOR_CURRENCY[currency] if currency else None)
+    totals = await rt.ledger.read(onchain_totals)
+    report: dict[str, Any] = {
+        "enabled": True,
+        "address": onchain.wallet.address(network) if network else None,
+        "network": network,
+        "network_ok": onchain.ready,
+        "network_error": onchain.network_error,
+        "ckb_url": onchain.url,
+        "confirmations": onchain.config.confirmations,
+    }
+    try:
+        view = await onchain.wallet_view(rt.ledger)
+    except (CkbClientError, trio.TooSlowError) as exc:
+        report["chain"] = f"the CKB node did not answer ({type(exc).__name__})"
+        view = None
+    held = totals.held
+    waiting = totals.owed.get(LIQUIDITY_PENDING, 0)
+    if view is not None:
+        report["balance"] = _ckb(view.balance)
+        report["spendable"] = _ckb(view.spendable)
+        report["in_flight_inputs"] = _ckb(view.in_flight_inputs)
+        report["incoming_change"] = _ckb(view.incoming)
+        report["available"] = _ckb(view.available)
+        short = held + waiting + onchain.change_reserve - view.available
+        report["shortfall"] = _ckb(max(0, short) if held + waiting else 0)
+    report["reserved"] = {
+        "pending": _ckb(held),
+        "pending_count": totals.count.get(PENDING, 0) + totals.count.get(RETRY_PENDING, 0),
+        "processing": _ckb(totals.owed.get("PROCESSING", 0)),
+        "processing_count": totals.count.get("PROCESSING", 0),
+        "liquidity_pending": _ckb(waiting),
+        "liquidity_pending_count": totals.count.get(LIQUIDITY_PENDING, 0),
+        "change_reserve": _ckb(onchain.change_reserve),
+    }
+    return report
+
+
+@admin_command("wallet.show", mutates=False, scope=Scope.SUPER)
+async def wallet_show(ctx: CommandContext, args: dict[str, Any]) -> dict[str, Any]:
+    """The hot wallet's address, balance and what is reserved for pending payouts."""
+    del args
+    return await wallet_report(ctx.rt)
+
+
+register_status_section("onchain", wallet_report)
+
+
 # --- CLI --------------------------------------------------------------------------------
 
 _LIST_COLUMNS = ["id", "app_id", "user_id", "amount", "asset", "state", "attempts", "created_at"]
@@ -373,6 +464,13 @@ def add_cli(admin_subparsers: Any) -> None:
             group, name, command=command, help=text, args=lambda ns: {"id": ns.id}, render=render
         )
         leaf.add_argument("id")
+
+    admin_parser(
+        admin_subparsers,
+        "wallet",
+        command="wallet.show",
+        help="the hot wallet: address, balance, what pending on-chain payouts hold",
+    )
 
     policy = admin_group(admin_subparsers, "policy", help="per-app withdrawal policy")
     show = admin_parser(

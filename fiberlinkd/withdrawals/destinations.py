@@ -6,9 +6,10 @@ Two kinds (``plugin-wire-contract.md`` §3.1, §4.4):
   node's ``parse_invoice``: exactly the requested amount in base units, the same asset (no
   UDT script for CKB; the node's USDI script for USDI), the node's network, not expiring
   within ``withdrawals.invoice_min_remaining_s``, and not issued by our own node.
-- ``{"kind": "CKB_ADDRESS", "address": "ckt1…"}`` — on-chain payouts. They plug in through
-  :class:`OnchainPayouts` (issue 11); while that is ``None`` the destination is refused
-  with :data:`ONCHAIN_DISABLED_MESSAGE`.
+- ``{"kind": "CKB_ADDRESS", "address": "ckt1…"}`` — on-chain payouts from the hot wallet,
+  checked by :meth:`fiberlinkd.onchain.service.OnchainService.check_address` (an
+  :class:`OnchainCheck`); without ``[onchain] enabled`` the destination is refused with
+  :data:`ONCHAIN_DISABLED_MESSAGE`.
 
 The legacy ``toAddress`` string maps as the plugin's proxy does: a ``ckt1``/``ckb1``
 prefix (case-sensitive) is a CKB address, anything else a payment request. When both
@@ -21,7 +22,7 @@ its message with ``destinationValid: false``); ``RpcError`` -32602 for malformed
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -59,18 +60,10 @@ class Destination:
 
 @attrs.frozen
 class OnchainCheck:
-    """What an on-chain payout backend says about an address (issue 11 fills it in)."""
+    """What the on-chain payout service says about an address."""
 
     minimum_amount: int  # base units the recipient cell needs
-    network_fee: int  # base units reserved for the transaction fee
-
-
-class OnchainPayouts(Protocol):
-    """The seam on-chain payouts (issue 11) plug into; ``None`` while they are disabled."""
-
-    async def check_address(self, *, address: str, asset: str, amount: int) -> OnchainCheck:
-        """Errors: :class:`DestinationInvalid` for an unusable address or asset."""
-        ...
+    network_fee: int  # base units reserved for the transaction fee (an upper bound)
 
 
 def _text(value: Any, field: str) -> str:

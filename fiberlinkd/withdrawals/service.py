@@ -12,9 +12,15 @@ with the raw ``params`` object; everything else is validated here. Results follo
   the write transaction that creates the withdrawal and reserves amount + fee cap
   (:func:`fiberlinkd.ledger.withdrawals.create_withdrawal`). An identical request within
   60 s returns the earlier withdrawal. The executor is nudged after the commit.
+- ``CKB_ADDRESS`` (when ``[onchain] enabled``): the address is checked against the Fiber
+  node's network, the minimum is the larger of the policy minimum and the recipient cell's
+  minimum capacity, the fee is an upper bound for the transaction (the actual fee is charged
+  on completion). A request the hot wallet cannot cover right now is created
+  ``LIQUIDITY_PENDING`` (:func:`fiberlinkd.ledger.onchain.create_onchain_withdrawal`).
 
 Errors: ``RpcError`` -32602 (``data.field`` names the field when there is one) for bad
-params and every refusal; -32000 while the node is unknown or does not answer.
+params and every refusal; -32000 while the node (Fiber or CKB) is unknown or does not
+answer, or on-chain payouts are stopped.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import attrs
 import trio
 
 from fiberlinkd.amounts import AmountError, format_amount, parse_amount
-from fiberlinkd.api.errors import INTERNAL_ERROR, RpcError, invalid_params
+from fiberlinkd.api.errors import INTERNAL_ERROR, SERVICE_UNAVAILABLE, RpcError, invalid_params
+from fiberlinkd.ckb.client import CkbClientError
 from fiberlinkd.fnn.errors import FnnError
 from fiberlinkd.fnn.types import Invoice
 from fiberlinkd.ledger.entries import Balance, get_balance
+from fiberlinkd.ledger.onchain import create_onchain_withdrawal
 from fiberlinkd.ledger.withdrawals import (
     CKB_ADDRESS,
     INSUFFICIENT_MESSAGE,
@@ -43,12 +51,13 @@ from fiberlinkd.ledger.withdrawals import (
     get_policy,
 )
 from fiberlinkd.logsetup import kv
+from fiberlinkd.onchain.service import OnchainService, OnchainUnavailable
 from fiberlinkd.runtime import Runtime
 from fiberlinkd.withdrawals.destinations import (
     ONCHAIN_DISABLED_MESSAGE,
     Destination,
     DestinationInvalid,
-    OnchainPayouts,
+    OnchainCheck,
     check_invoice,
     destination_from_params,
     fee_cap,
@@ -100,9 +109,27 @@ def _parse_params(rt: Runtime, params: dict[str, Any]) -> _Params:
     return _Params(user_id, asset, decimals, amount, destination_from_params(params))
 
 
-def _onchain(rt: Runtime) -> OnchainPayouts | None:
-    """On-chain payouts (issue 11) plug in here; until then they are disabled."""
-    del rt
+def _onchain(rt: Runtime) -> OnchainService | None:
+    """On-chain payouts, when ``[onchain] enabled`` (the daemon sets ``rt.onchain``)."""
+    return rt.onchain
+
+
+def _onchain_check(rt: Runtime, p: _Params) -> tuple[OnchainService, OnchainCheck]:
+    """Errors: DestinationInvalid; OnchainUnavailable; -32602 while disabled."""
+    onchain = _onchain(rt)
+    if onchain is None:
+        raise DestinationInvalid(ONCHAIN_DISABLED_MESSAGE)
+    _info, currency = node_identity(rt.node_state.info)
+    check = onchain.check_address(address=p.destination.value, asset=p.asset, currency=currency)
+    return onchain, check
+
+
+def _below_onchain_minimum(p: _Params, check: OnchainCheck) -> str | None:
+    if p.amount < check.minimum_amount:
+        return (
+            f"Minimum withdrawal to this address is "
+            f"{format_amount(check.minimum_amount, p.decimals)} {p.asset}"
+        )
     return None
 
 
@@ -180,9 +207,16 @@ async def quote(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[str, A
     destination_valid = True
     message: str | None = None
     payment_hash: str | None = None
+    onchain_check: OnchainCheck | None = None
     if p.destination.kind == CKB_ADDRESS:
-        if _onchain(rt) is None:
-            destination_valid, message = False, ONCHAIN_DISABLED_MESSAGE
+        try:
+            onchain_check = _onchain_check(rt, p)[1]
+        except DestinationInvalid as exc:
+            destination_valid, message = False, exc.message
+        except OnchainUnavailable as exc:
+            message = exc.message
+        if onchain_check is not None:
+            cap = onchain_check.network_fee
     else:
         try:
             payment_hash = (await _checked_invoice(rt, p)).payment_hash
@@ -203,7 +237,11 @@ async def quote(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[str, A
             message = QUOTE_BALANCE_MESSAGE if refusal == INSUFFICIENT_MESSAGE else refusal
         elif p.destination.kind == PAYMENT_REQUEST:
             network_fee = await _estimate_fee(rt, p.destination.value, cap)
+        elif onchain_check is not None and message is None:
+            message = _below_onchain_minimum(p, onchain_check)
     minimum = policy.limits_for(p.asset, p.decimals).min_amount
+    if onchain_check is not None:
+        minimum = max(minimum, onchain_check.minimum_amount)
     return {
         "asset": p.asset,
         "amount": format_amount(p.amount, p.decimals),
@@ -221,9 +259,7 @@ async def request(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[str,
     """``withdrawal.request`` → ``{"id", "state"}``. Errors: see the module docstring."""
     p = _parse_params(rt, params)
     if p.destination.kind == CKB_ADDRESS:
-        # Issue 11: when _onchain(rt) is set, check the address with it and create the
-        # payout (LIQUIDITY_PENDING while the hot wallet is short). Until then: refused.
-        raise invalid_params(ONCHAIN_DISABLED_MESSAGE, "destination")
+        return await _request_onchain(rt, app_id, p)
     try:
         invoice = await _checked_invoice(rt, p)
     except DestinationInvalid as exc:
@@ -248,4 +284,53 @@ async def request(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[str,
             extra=kv(id=w.id, app=app_id, user=w.user_id, asset=w.asset, amount=w.amount),
         )
         rt.withdrawals_wakeup.set()
+    return {"id": w.id, "state": w.state}
+
+
+async def _request_onchain(rt: Runtime, app_id: str, p: _Params) -> dict[str, Any]:
+    """A CKB_ADDRESS withdrawal: PENDING, or LIQUIDITY_PENDING while the wallet is short."""
+    try:
+        onchain, check = _onchain_check(rt, p)
+    except DestinationInvalid as exc:
+        raise invalid_params(exc.message, "destination") from None
+    except OnchainUnavailable as exc:
+        raise RpcError(SERVICE_UNAVAILABLE, exc.message) from None
+    below = _below_onchain_minimum(p, check)
+    if below is not None:
+        raise invalid_params(below, "amount")
+    try:
+        view = await onchain.wallet_view(rt.ledger)
+    except (CkbClientError, trio.TooSlowError) as exc:
+        log.warning("CKB node did not answer for a withdrawal request", extra=kv(error=repr(exc)))
+        raise RpcError(
+            SERVICE_UNAVAILABLE, "Service unavailable: the CKB node did not answer; try again"
+        ) from None
+    draft = _draft(app_id, p, payment_hash=None, fee=check.network_fee, wid=str(uuid.uuid4()))
+    try:
+        created = await rt.ledger.transact(
+            create_onchain_withdrawal,
+            draft,
+            defaults=Policy.defaults(rt.config.withdrawals),
+            now_ms=rt.clock.now_ms(),
+            wallet_available=view.available,
+            change_reserve=onchain.change_reserve,
+        )
+    except WithdrawalRefused as exc:
+        raise invalid_params(exc.message, exc.field) from None
+    except PolicyError as exc:
+        raise _policy_unusable(exc, app_id) from None
+    w = created.withdrawal
+    if created.created:
+        log.info(
+            "on-chain withdrawal requested",
+            extra=kv(
+                id=w.id,
+                app=app_id,
+                user=w.user_id,
+                amount=w.amount,
+                fee_cap=w.fee_reserved,
+                state=w.state,
+            ),
+        )
+        onchain.wakeup.set()
     return {"id": w.id, "state": w.state}
