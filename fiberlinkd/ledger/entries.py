@@ -53,6 +53,22 @@ class LedgerEntry:
             entry_hash=row["entry_hash"],
         )
 
+    def expected_hash(self) -> str:
+        """What ``entry_hash`` must be, recomputed from the entry's own fields."""
+        return entry_hash(
+            prev_hash=self.prev_hash,
+            entry_id=self.id,
+            app_id=self.app_id,
+            user_id=self.user_id,
+            asset=self.asset,
+            amount=self.amount,
+            reserved_delta=self.reserved_delta,
+            kind=self.kind,
+            ref=self.ref,
+            idempotency_key=self.idempotency_key,
+            created_at=self.created_at,
+        )
+
 
 def entry_hash(
     *,

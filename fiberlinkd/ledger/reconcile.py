@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from fiberlinkd.ledger.admin import get_setting, put_setting
+from fiberlinkd.ledger.entries import LedgerEntry
 
 INFO = "INFO"
 WARNING = "WARNING"
@@ -114,23 +115,20 @@ def balance_sums_chunk(
 
 
 @attrs.frozen
-class EntryCheckRow:
+class EntryCheckRow(LedgerEntry):
     """A ledger entry with what its checks need to know about its owner and its ref."""
 
-    id: int
-    app_id: str
-    user_id: str
-    asset: str
-    amount: int
-    reserved_delta: int
-    kind: str
-    ref: str
-    idempotency_key: str
-    created_at: int
-    prev_hash: str
-    entry_hash: str
-    has_balance: bool
-    ref_exists: bool | None  # None: the kind has no ref table
+    has_balance: bool = False
+    ref_exists: bool | None = None  # None: the kind has no ref table
+
+    @classmethod
+    def from_check_row(cls, row: sqlite3.Row) -> EntryCheckRow:
+        fields = attrs.asdict(LedgerEntry.from_row(row), recurse=False)
+        return cls(
+            **fields,
+            has_balance=bool(row["has_balance"]),
+            ref_exists=None if row["ref_exists"] is None else bool(row["ref_exists"]),
+        )
 
 
 def entries_chunk(conn: sqlite3.Connection, after_id: int, limit: int) -> list[EntryCheckRow]:
@@ -147,25 +145,7 @@ def entries_chunk(conn: sqlite3.Connection, after_id: int, limit: int) -> list[E
         " FROM ledger_entries e WHERE e.id > ? ORDER BY e.id LIMIT ?",
         (after_id, limit),
     ).fetchall()
-    return [
-        EntryCheckRow(
-            id=r["id"],
-            app_id=r["app_id"],
-            user_id=r["user_id"],
-            asset=r["asset"],
-            amount=r["amount"],
-            reserved_delta=r["reserved_delta"],
-            kind=r["kind"],
-            ref=r["ref"],
-            idempotency_key=r["idempotency_key"],
-            created_at=r["created_at"],
-            prev_hash=r["prev_hash"],
-            entry_hash=r["entry_hash"],
-            has_balance=bool(r["has_balance"]),
-            ref_exists=None if r["ref_exists"] is None else bool(r["ref_exists"]),
-        )
-        for r in rows
-    ]
+    return [EntryCheckRow.from_check_row(r) for r in rows]
 
 
 @attrs.frozen

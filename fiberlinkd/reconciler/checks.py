@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from fiberlinkd.ledger.entries import GENESIS_HASH, EntryKind, entry_hash
+from fiberlinkd.ledger.entries import GENESIS_HASH, EntryKind
 from fiberlinkd.ledger.reconcile import (
     CRITICAL,
     IN_FLIGHT_STATES,
@@ -210,7 +210,7 @@ def verify_chain(
             problem = f"entry ids jump from {last_id} to {e.id} (entries deleted)"
         elif e.prev_hash != last_hash:
             problem = "prev_hash does not match the previous entry's hash"
-        elif e.entry_hash != _recompute(e):
+        elif e.entry_hash != e.expected_hash():
             problem = "entry_hash does not match the entry's contents (entry edited)"
         if problem is not None:
             finding = Finding(
@@ -222,22 +222,6 @@ def verify_chain(
             return ChainState(last_id, last_hash, e.id), finding
         last_id, last_hash = e.id, e.entry_hash
     return ChainState(last_id, last_hash, None), None
-
-
-def _recompute(e: EntryCheckRow) -> str:
-    return entry_hash(
-        prev_hash=e.prev_hash,
-        entry_id=e.id,
-        app_id=e.app_id,
-        user_id=e.user_id,
-        asset=e.asset,
-        amount=e.amount,
-        reserved_delta=e.reserved_delta,
-        kind=e.kind,
-        ref=e.ref,
-        idempotency_key=e.idempotency_key,
-        created_at=e.created_at,
-    )
 
 
 def check_anchor(anchor: tuple[int, str] | None, stored: tuple[int, str] | None) -> Finding | None:
