@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -88,7 +89,7 @@ class RpcHandler:
             )
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested past the decoder's limit
             return _envelope(None, error=RpcError(-32700, "Parse error")), extra, "-"
         if (
             not isinstance(payload, dict)
@@ -96,6 +97,7 @@ class RpcHandler:
             or "id" not in payload
             or not isinstance(payload.get("id"), str | int | float | type(None))
             or isinstance(payload.get("id"), bool)
+            or (isinstance(payload.get("id"), float) and not math.isfinite(payload["id"]))
             or not isinstance(payload.get("method"), str)
             or not payload.get("method")
         ):
@@ -229,7 +231,14 @@ def create_app(rt: Runtime) -> QuartTrio:
             return _json_response(
                 _envelope(None, error=RpcError(errors.INVALID_REQUEST, "Request body too large"))
             )
-        envelope, headers, label = await handler.handle(body, request.headers)
+        try:
+            envelope, headers, label = await handler.handle(body, request.headers)
+        except Exception:
+            # Still HTTP 200 with an envelope: the proxy relays our status to the browser.
+            correlation = uuid.uuid4().hex[:12]
+            log.exception("unhandled rpc error", extra=kv(correlation_id=correlation))
+            error = RpcError(errors.INTERNAL_ERROR, f"Internal error (reference {correlation})")
+            envelope, headers, label = _envelope(_request_id(body), error=error), {}, "-"
         outcome = "error" if "error" in envelope else "ok"
         REQUESTS.labels(label, outcome).inc()
         LATENCY.labels(label).observe(time.perf_counter() - started)
@@ -256,6 +265,20 @@ def create_app(rt: Runtime) -> QuartTrio:
         )
 
     return app
+
+
+def _request_id(body: bytes) -> Any:
+    """The request's id when the body is an envelope with a valid one, else None."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    request_id = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | float):
+        return None
+    if isinstance(request_id, float) and not math.isfinite(request_id):
+        return None
+    return request_id
 
 
 async def _read_limited(limit: int) -> bytes | None:

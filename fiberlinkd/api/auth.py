@@ -107,7 +107,7 @@ class Authenticator:
             raise AuthError("missing authentication header")
         if len(app_id) > MAX_APP_ID_LEN or not NONCE_RE.fullmatch(nonce):
             raise AuthError("malformed app id or nonce")
-        if not ts.isdigit() or len(ts) > 12:
+        if not ts.isascii() or not ts.isdigit() or len(ts) > 12:  # "²".isdigit() is True
             raise AuthError("x-ts is not unix seconds")
         if abs(now_s - int(ts)) > self.window_s:
             raise AuthError("x-ts outside the allowed window")
@@ -115,7 +115,8 @@ class Authenticator:
         if secret is None:
             raise AuthError("unknown or disabled app")
         expected = signature(secret, ts, nonce, body)
-        if not hmac.compare_digest(expected, sig.lower()):
+        # compare_digest raises TypeError for non-ASCII str; bytes never do.
+        if not hmac.compare_digest(expected.encode(), sig.lower().encode()):
             raise AuthError("bad signature")
         # Consumed only now: a forged request cannot burn a legitimate nonce.
         if not await self.nonces.claim(app_id, nonce, int(ts) + self.window_s + 1, now_s):
