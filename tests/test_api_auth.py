@@ -265,6 +265,8 @@ async def test_per_app_method_rate_limit_answers_32005_with_headers(
         body, headers = signed(d, "health.ping", {}, request_id="over")
         response = await send(d, body, headers)
         expect_error(response, -32005, "over")
+        # The plugin's modal keeps polling only on messages it treats as transient.
+        assert "service unavailable" in response.json()["error"]["message"].lower()
         assert response.headers["x-ratelimit-limit"] == "3"
         assert response.headers["x-ratelimit-remaining"] == "0"
         assert int(response.headers["x-ratelimit-reset"]) > 0

@@ -44,6 +44,10 @@ LATENCY = prometheus_client.Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 
+# The plugin's tip modal keeps polling only on messages it deems transient ("service
+# unavailable", "timeout", ...); a throttled poll must not stop it for good.
+RATE_LIMITED_MESSAGE = "Rate limit exceeded; service unavailable for a moment, retry shortly"
+
 PER_USER_LIMITS = {
     "tip.create": ("fromUserId", "tip_create_per_user_per_minute"),
     "withdrawal.request": ("userId", "withdrawal_request_per_user_per_minute"),
@@ -142,7 +146,7 @@ class RpcHandler:
         }
         if not decision.allowed:
             return (
-                _envelope(request_id, error=RpcError(errors.RATE_LIMITED, "Rate limit exceeded")),
+                _envelope(request_id, error=RpcError(errors.RATE_LIMITED, RATE_LIMITED_MESSAGE)),
                 extra,
                 label,
             )
