@@ -13,9 +13,10 @@
     policy set APP [--min-amount] [--max-per-request] [--user-daily-limit]
                    [--app-daily-limit] [--cooldown-s] [--allowed-assets CKB,USDI]
 
-Mutating commands are audited by the admin server. "Not found" at the node is trusted only
-for a row that has been quiet for :data:`NOT_FOUND_QUIET_S` (a send still travelling to the
-node could otherwise create the session after we looked).
+Mutating commands are audited by the admin server. "Not found" at the node (and, for a
+cancel, "Failed") is trusted only for a row that has been quiet for :data:`NOT_FOUND_QUIET_S`
+(a send still travelling to the node could otherwise create or re-create the session after
+we looked).
 """
 
 from __future__ import annotations
@@ -161,8 +162,8 @@ async def _require_not_paid(ctx: CommandContext, w: Withdrawal, action: str) -> 
     if w.sent_at is None or w.payment_hash is None:
         return "never sent"
     payment = await _node_payment(ctx.rt, w.payment_hash)
+    quiet_s = (ctx.now_ms() - w.updated_at) / 1000
     if payment is None:
-        quiet_s = (ctx.now_ms() - w.updated_at) / 1000
         if quiet_s < NOT_FOUND_QUIET_S:
             raise AdminError(
                 CONFLICT,
@@ -171,6 +172,16 @@ async def _require_not_paid(ctx: CommandContext, w: Withdrawal, action: str) -> 
             )
         return "node: no payment session"
     if payment.status is PaymentStatus.FAILED:
+        # The Failed session may be an earlier attempt's while a resend is still on its
+        # way to the node (which would re-create the session): a cancel releases the
+        # reservation, so it trusts a Failed session only once the row has been quiet.
+        if action == "cancel" and quiet_s < NOT_FOUND_QUIET_S:
+            raise AdminError(
+                CONFLICT,
+                f"the node shows the payment Failed, but the withdrawal changed "
+                f"{quiet_s:.0f} s ago and a resend may still reach the node; "
+                f"{action} again after {NOT_FOUND_QUIET_S:.0f} s",
+            )
         return f"node: payment Failed ({payment.failed_error})"
     if payment.status is PaymentStatus.SUCCESS:
         raise AdminError(

@@ -17,6 +17,9 @@ The rules, in the order they protect the money::
          "session not found"    → the one proof nothing was sent → RETRY_PENDING, sent again
                                   later with the SAME invoice (never a fresh hash); if the node
                                   had refused our send, the refusal decides instead
+         the Failed session an  → likewise: this send has not reached the node (yet); it is
+         earlier attempt left     never read as this attempt's outcome (get_payment is asked
+                                  before each send to recognise it)
          Created / Inflight, or
          no answer              → stays PROCESSING; asked again (in-process for up to
                                   FOLLOW_INLINE_S, then on the schedule)
@@ -257,11 +260,33 @@ class WithdrawalExecutor:
     # --- one withdrawal -----------------------------------------------------------------
 
     async def _pay_and_follow(self, w: Withdrawal, *, send: bool) -> None:
-        refusal = await self._send(w) if send else None
+        earlier: Payment | None = None
+        refusal: str | None = None
+        if send:
+            # A Failed session left by an earlier attempt (or an earlier retry round) must
+            # not be read as the outcome of this send: a send whose reply was lost may
+            # still reach the node after we look. Remember it to tell the two apart.
+            before = await self._ask(w)
+            if isinstance(before, _Unknown):
+                await self._retry_unsent(w, f"not sent: {before.error}")
+                return
+            if isinstance(before, Payment) and before.status is PaymentStatus.FAILED:
+                earlier = before
+            refusal = await self._send(w)
         started = trio.current_time()
         poll_s = self.rt.config.withdrawals.payment_poll_s
         while True:
             seen = await self._ask(w)
+            if isinstance(seen, Payment) and earlier is not None and _same_session(seen, earlier):
+                if refusal is not None:
+                    await self._failed(w, refusal, source="send refused")
+                else:
+                    await self._retry_unsent(
+                        w,
+                        "the node still shows the earlier Failed session; this send has not"
+                        " reached it (yet); will send the same invoice again",
+                    )
+                return
             if isinstance(seen, Payment):
                 if seen.status in (PaymentStatus.SUCCESS, PaymentStatus.FAILED):
                     await self._settle_seen(w, seen, source="node")
@@ -415,6 +440,20 @@ class WithdrawalExecutor:
         if retried is not None:
             RETRIES.inc()
 
+    async def _retry_unsent(self, w: Withdrawal, why: str) -> None:
+        """PROCESSING → RETRY_PENDING keeping the reservation: this attempt's outcome is not
+        known to be a failure, so it must never lead to FAILED (and a release)."""
+        now_ms = self.rt.clock.now_ms()
+        retried = await self._record(
+            retry_withdrawal_later,
+            w.id,
+            error=why,
+            next_attempt_at=now_ms + int(self._backoff_s(w.attempts) * 1000),
+            now_ms=now_ms,
+        )
+        if retried is not None:
+            RETRIES.inc()
+
     def _backoff_s(self, attempts: int) -> float:
         base = self.rt.config.withdrawals.retry_base_s
         factor: int = 2 ** max(0, min(attempts - 1, 30))
@@ -439,6 +478,16 @@ class WithdrawalExecutor:
         counts = await self.rt.ledger.read(counts_by_state)
         for state in STATES:
             WITHDRAWALS_BY_STATE.labels(state).set(counts.get(state, 0))
+
+
+def _same_session(seen: Payment, earlier: Payment) -> bool:
+    """The node shows the very session it showed before our send (FNN re-creates a resent
+    Failed session and resets its ``created_at``, fnn-rpc.md §8.4)."""
+    return (
+        seen.status is PaymentStatus.FAILED
+        and seen.created_at_ms == earlier.created_at_ms
+        and seen.last_updated_at_ms == earlier.last_updated_at_ms
+    )
 
 
 def _due_and_frozen(conn: Any, now_ms: int, limit: int) -> tuple[list[Withdrawal], bool]:
