@@ -153,7 +153,9 @@ class SettlementConfig:
     max_checks_per_s: float = attrs.field(default=50.0, validator=_positive)
     watch_ttl_s: float = attrs.field(default=5.0, validator=_positive)
     first_check_after_s: float = attrs.field(default=2.0, validator=_positive)
-    max_check_interval_s: float = attrs.field(default=60.0, validator=_positive)
+    # The schedule is the safety net behind the arrival signal (list_channels), so its cap
+    # is long; while the signal is unavailable the poller caps it at 60 s.
+    max_check_interval_s: float = attrs.field(default=300.0, validator=_positive)
     expiry_grace_s: float = attrs.field(default=300.0, validator=_non_negative)
 
 

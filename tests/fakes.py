@@ -22,6 +22,13 @@ Test hooks:
   can be cancelled mid-check);
 - :meth:`FakeNode.pay`, :meth:`FakeNode.forget`, :meth:`FakeNode.restore`: a payer pays,
   the node loses an invoice (a restore lagging behind), and gets it back.
+
+Channels: a new node has none (``list_channels`` answers ``[]``, as an old or fresh node
+would). :meth:`FakeNode.open_channel` adds a ready CKB channel; from then on a payment
+moves the amount from the channel's remote side to ``local_balance`` (FNN settles a normal
+invoice at once), :meth:`FakeNode.hold` leaves it as a received TLC
+(``received_tlc_balance``, invoice ``Received``) and :meth:`FakeNode.send_out` spends from
+``local_balance`` (our own withdrawal or fee).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from fiberlinkd.fnn.types import (
 
 FAKE_CHAIN_HASH = "0x" + "d" * 64
 FAKE_PUBKEY = "02" + "ab" * 32
+FAKE_PEER_PUBKEY = "03" + "cd" * 32
 
 
 @attrs.define
@@ -74,6 +82,32 @@ class FakeInvoice:
             description=self.description,
             payee_pubkey=FAKE_PUBKEY,
             udt_script=None,
+        )
+
+
+@attrs.define
+class FakeChannel:
+    """A ready CKB channel to a peer; balances in shannons."""
+
+    channel_id: str
+    local_balance: int
+    remote_balance: int
+    received_tlc_balance: int = 0
+    offered_tlc_balance: int = 0
+    state_name: str = "ChannelReady"
+
+    def as_channel(self) -> Channel:
+        return Channel(
+            channel_id=self.channel_id,
+            pubkey=FAKE_PEER_PUBKEY,
+            is_public=True,
+            state_name=self.state_name,
+            funding_udt_type_script=None,
+            local_balance=self.local_balance,
+            offered_tlc_balance=self.offered_tlc_balance,
+            remote_balance=self.remote_balance,
+            received_tlc_balance=self.received_tlc_balance,
+            enabled=True,
         )
 
 
@@ -106,6 +140,7 @@ class FakeNode:
         self._hooks: dict[str, list[Callable[[str | None], None]]] = {}
         self._blocks: dict[str, trio.Event] = {}
         self._serial = itertools.count(1)
+        self.channels: list[FakeChannel] = []
 
     # -- test controls (synchronous, not logged as calls) ---------------------------------
 
@@ -126,14 +161,55 @@ class FakeNode:
         self.by_address[address] = payment_hash
         return record
 
+    def open_channel(
+        self, *, local: int = 10**12, remote: int = 10**12, state_name: str = "ChannelReady"
+    ) -> FakeChannel:
+        """A CKB channel; payments to our invoices arrive through the first ready one."""
+        channel = FakeChannel("0x" + secrets.token_hex(32), local, remote, state_name=state_name)
+        self.channels.append(channel)
+        return channel
+
+    def _inbound(self) -> FakeChannel | None:
+        return next((c for c in self.channels if c.state_name == "ChannelReady"), None)
+
     def pay(self, payment_hash: str) -> None:
-        """A remote payer pays the invoice in full (Open → Paid, as FNN's normal invoices)."""
+        """A remote payer pays the invoice in full (Open → Paid, as FNN's normal invoices).
+
+        With a channel, the amount moves to its ``local_balance`` (from the held TLC if
+        :meth:`hold` received it first).
+        """
         record = self.invoices[payment_hash]
         status = self.status_of(record)
         if status is not InvoiceStatus.OPEN and status is not InvoiceStatus.RECEIVED:
             raise AssertionError(f"cannot pay an invoice that is {status}")
+        channel = self._inbound()
+        if channel is not None:
+            if status is InvoiceStatus.RECEIVED:
+                channel.received_tlc_balance -= record.amount
+            else:
+                channel.remote_balance -= record.amount
+            channel.local_balance += record.amount
         record.status = InvoiceStatus.PAID
         record.paid_at_ms = self.clock.now_ms()
+
+    def hold(self, payment_hash: str) -> None:
+        """The payer's TLC arrived and is held: Open → Received, ``received_tlc_balance`` up."""
+        record = self.invoices[payment_hash]
+        if self.status_of(record) is not InvoiceStatus.OPEN:
+            raise AssertionError("only an Open invoice can receive a TLC")
+        channel = self._inbound()
+        if channel is not None:
+            channel.remote_balance -= record.amount
+            channel.received_tlc_balance += record.amount
+        record.status = InvoiceStatus.RECEIVED
+
+    def send_out(self, amount: int) -> None:
+        """Our node pays ``amount`` out through its channel (a withdrawal, with its fee)."""
+        channel = self._inbound()
+        if channel is None:
+            raise AssertionError("no channel to pay through")
+        channel.local_balance -= amount
+        channel.remote_balance += amount
 
     def force_status(self, payment_hash: str, status: InvoiceStatus) -> None:
         """Set a stored status directly (e.g. a TLC that arrived just before expiry)."""
@@ -299,7 +375,7 @@ class FakeNode:
 
     async def list_channels(self) -> tuple[Channel, ...]:
         await self._enter("list_channels", None)
-        return ()
+        return tuple(c.as_channel() for c in self.channels)
 
 
 def max_calls_in_any_window(times: list[float], window_s: float = 1.0) -> int:

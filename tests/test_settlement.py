@@ -23,10 +23,11 @@ a transaction); the node is :class:`tests.fakes.FakeNode`; no mocks.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,15 @@ from fiberlinkd.ledger.auth import insert_app
 from fiberlinkd.ledger.store import open_ledger
 from fiberlinkd.nodewatch import NodeState
 from fiberlinkd.runtime import Runtime, WatchList
-from fiberlinkd.settlement import RateLimiter, SettlementPoller, backfill
+from fiberlinkd.settlement import (
+    RECEIVED_RECHECK_MS,
+    RISE_IN_FLIGHT,
+    RISE_MAX_CHECKS,
+    SCHEDULED_SHARE,
+    RateLimiter,
+    SettlementPoller,
+    backfill,
+)
 from fiberlinkd.settlement_admin import backfill_command, parse_time_ms, settlement_status
 from fiberlinkd.supervisor import Supervisor
 from tests.conftest import make_config
@@ -161,13 +170,18 @@ def runtime(config: Config, ledger: Ledger, node: FakeNode, clock: TrioClock) ->
 
 
 @asynccontextmanager
-async def environment(tmp_path: Path, **settlement: Any) -> AsyncIterator[Env]:
+async def environment(
+    tmp_path: Path, *, channel: bool = False, **settlement: Any
+) -> AsyncIterator[Env]:
+    """A fresh ledger and fake node; ``channel`` gives the node a channel (the signal)."""
     config = settlement_config(tmp_path, **settlement)
     clock = TrioClock()
     async with open_ledger(config.state_path, inline=True) as ledger:
         await ledger.transact(insert_app, APP, "s" * 64, clock.now_ms())
         await ledger.transact(insert_app, "other", "t" * 64, clock.now_ms())
         node = FakeNode(clock)
+        if channel:
+            node.open_channel()
         yield Env(runtime(config, ledger, node, clock), node, clock)
 
 
@@ -282,10 +296,13 @@ async def test_unwatched_paid_tip_settles_at_its_next_scheduled_check(
         assert 0.9 * 2.0 * 2**n - 0.001 <= gap <= 1.1 * 2.0 * 2**n + 0.001
 
 
+@pytest.mark.parametrize("channel", [False, True], ids=["polling", "arrival-signal"])
 async def test_ten_thousand_open_invoices_never_exceed_the_rate_or_concurrency_limits(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, channel: bool
 ) -> None:
-    async with environment(tmp_path, max_checks_per_s=50.0, max_concurrent_checks=4) as env:
+    async with environment(
+        tmp_path, channel=channel, max_checks_per_s=50.0, max_concurrent_checks=4
+    ) as env:
         env.node.latency_s = 0.03
         first = await env.open_tip(first_check_in_ms=0)
         now = env.clock.now_ms()
@@ -323,7 +340,9 @@ async def test_ten_thousand_open_invoices_never_exceed_the_rate_or_concurrency_l
     assert max_calls_in_any_window(times) <= 50
     assert env.node.max_in_flight <= 4
     # The limit is used, not just respected: ~50/s for the 17 s of work after the idle spell.
-    assert len([t for t in times if t >= 3.0]) >= 0.95 * 50 * 17
+    # With the arrival signal, scheduled checks leave a fifth of the window free for rises.
+    used = SCHEDULED_SHARE if channel else 1.0
+    assert len([t for t in times if t >= 3.0]) >= 0.95 * 50 * 17 * used
     # Watched tips go first, yet scheduled ones keep at least a fifth of the rate.
     watched_ids = {t.payment_hash for t in watched[:60]}
     after_idle = [(at, h) for at, h in env.node.calls_of("get_invoice") if at >= 4.0]
@@ -399,16 +418,261 @@ async def test_watched_tips_beyond_the_budget_are_served_round_robin_and_do_not_
     assert max(per_tip.values()) - min(per_tip.values()) <= 1
 
 
+# --- the arrival signal (list_channels) ---------------------------------------------------
+
+
+async def open_backlog(
+    env: Env, count: int, *, amount: Callable[[int], int], spread_ms: int = 300_000
+) -> list[tipsql.Tip]:
+    """``count`` unpaid tips created earlier, schedules spread over the next ``spread_ms``."""
+    now = env.clock.now_ms()
+    tips = []
+    for i in range(count):
+        record = env.node.add_invoice(amount(i))
+        tips.append(
+            new_tip(
+                APP,
+                "67",
+                amount(i),
+                record.address,
+                record.payment_hash,
+                now - 3_000_000 + i,
+                now + 3_600_000,
+                now + 1 + (i * 7919) % spread_ms,
+            )
+        )
+
+    def insert_all(conn: sqlite3.Connection) -> None:
+        for tip in tips:
+            tipsql.insert_tip(conn, tip)
+
+        # Steady state: checked for a while, backoff at its cap (a test-only shortcut).
+        conn.execute("UPDATE tip_intents SET check_count = 8 WHERE state = 'UNPAID'")
+
+    await env.ledger.transact(insert_all)
+    return [attrs.evolve(t, check_count=8) for t in tips]
+
+
+def checks_of(env: Env, tip: tipsql.Tip) -> list[float]:
+    return [at for at, h in env.node.calls_of("get_invoice") if h == tip.payment_hash]
+
+
+async def test_a_payment_to_one_unwatched_tip_among_ten_thousand_is_found_by_the_balance_rise(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        env.node.latency_s = 0.01
+        backlog = await open_backlog(env, 10_000, amount=lambda i: (1 + i % 500) * 1000)
+        paid = backlog[4_321]  # 20 open tips ask for this amount; it is the 12th newest
+        async with running(env.rt):
+            await trio.sleep(10.1)
+            before = len(env.node.calls_of("get_invoice"))
+            env.node.pay(paid.payment_hash)
+            settled = await env.wait_state(paid.id, tipsql.SETTLED, within_s=1)
+            after = len(env.node.calls_of("get_invoice"))
+    # list_channels at 10.0 s and 10.25 s: the rise is seen at 10.25 s, then the 12 newest
+    # tips for that exact amount are checked, four at a time (10 ms a call).
+    assert settled.settled_at is not None
+    assert EPOCH_MS + 10_250 <= settled.settled_at <= EPOCH_MS + 10_350
+    assert settled.settled_at - (EPOCH_MS + 10_100) <= 500
+    same_amount = [t for t in backlog if t.amount == paid.amount]
+    explained = [at for t in same_amount for at in checks_of(env, t) if at >= 10.25]
+    assert len(explained) <= 12 + 3  # the newest first; at most a batch in flight overshoots
+    assert after - before <= 12 + 3 + 10  # + the schedule's own checks meanwhile (~33/s)
+
+
+async def test_two_payments_in_one_interval_are_found_by_the_up_to_delta_search(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        env.node.latency_s = 0.01
+        await open_backlog(env, 10_000, amount=lambda i: (1 + i % 500) * 1000)
+        await trio.sleep(9.0)
+        recent = [
+            await env.open_tip(amount, first_check_in_ms=600_000) for amount in (3_000, 5_000)
+        ]
+        async with running(env.rt):
+            await trio.sleep(1.1)
+            for tip in recent:
+                env.node.pay(tip.payment_hash)  # both land in the interval ending at 10.25 s
+            settled = [await env.wait_state(t.id, tipsql.SETTLED, within_s=5) for t in recent]
+    # No open tip asks for 8000 beyond the 20 old ones: after them, the newest tips for at most
+    # 8000 are checked: the 5000 one first; the remainder 3000 is then an exact match.
+    for tip in settled:
+        assert tip.settled_at is not None
+        assert tip.settled_at - (EPOCH_MS + 10_100) <= 500
+
+
+async def test_a_watched_tip_is_checked_at_the_floor_without_a_rise_and_at_once_with_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env, trio.open_nursery() as nursery:
+        tip = await env.open_tip(31, first_check_in_ms=600_000)
+        others = [await env.open_tip(31, first_check_in_ms=600_000) for _ in range(5)]
+        nursery.start_soon(modal, env.rt, tip.id)
+        async with running(env.rt):
+            await trio.sleep(10.1)
+            env.node.pay(tip.payment_hash)
+            settled = await env.wait_state(tip.id, tipsql.SETTLED, within_s=1)
+        nursery.cancel_scope.cancel()
+    # Without a rise, only the floor: every 2 s (4 checks in 10 s, the fallback makes 40).
+    # The rise at 10.25 s checks it at once, and the watched exact match explains it.
+    # (Its own schedule, 2 s after its first check, may add one.)
+    checks = checks_of(env, tip)
+    assert checks[0] == 0.0
+    assert 4 <= len([t for t in checks if 1.0 <= t < 10.0]) <= 5
+    assert checks[-1] == 10.25
+    assert settled.settled_at == EPOCH_MS + 10_250
+    # Beside it, at most one other candidate in flight at a time (finishing in any order).
+    assert sum(len(checks_of(env, t)) for t in others) <= RISE_IN_FLIGHT
+    assert [at for at, _ in env.node.calls_of("list_channels")][:3] == [0.0, 0.25, 0.5]
+
+
+async def test_with_no_rise_the_get_invoice_rate_stays_low(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env, trio.open_nursery() as nursery:
+        watched = [await env.open_tip(5, first_check_in_ms=600_000) for _ in range(10)]
+        for tip in watched:
+            nursery.start_soon(modal, env.rt, tip.id)
+        async with running(env.rt):
+            await trio.sleep(60.0)
+        nursery.cancel_scope.cancel()
+    times = [at for at, _ in env.node.calls_of("get_invoice")]
+    # 10 watched tips at the 2 s floor: 5 checks/s (the fallback would want 40/s).
+    assert len([t for t in times if t >= 1.0]) <= 10 * 30
+    assert max_calls_in_any_window(times) <= 10 + 10  # the first round (250 ms) + the floor
+    assert len(env.node.calls_of("list_channels")) == pytest.approx(240, abs=2)
+
+
+async def test_a_rise_nothing_explains_costs_a_bounded_number_of_checks(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        await open_backlog(env, 2_000, amount=lambda i: 1000 + i)
+        async with running(env.rt):
+            await trio.sleep(10.1)
+            before = len(env.node.calls_of("get_invoice"))
+            env.node.channels[0].local_balance += 10**6  # e.g. a payment forwarded through us
+            await trio.sleep(10.0)
+            after = len(env.node.calls_of("get_invoice"))
+    scheduled = 2_000 * 10 / 300  # the schedule's share meanwhile (~67)
+    assert after - before <= RISE_MAX_CHECKS + scheduled * 1.2
+
+
+async def test_a_received_tlc_explains_the_rise_and_the_tip_settles_when_it_turns_paid(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        decoys = [await env.open_tip(40, first_check_in_ms=600_000) for _ in range(3)]
+        await trio.sleep(1.0)
+        tip = await env.open_tip(40, first_check_in_ms=600_000)
+        async with running(env.rt):
+            await trio.sleep(5.1)
+            env.node.hold(tip.payment_hash)  # the TLC is in: received_tlc_balance rises
+            await trio.sleep(1.0)
+            env.node.pay(tip.payment_hash)  # settled: local up, received down, no new rise
+            settled = await env.wait_state(tip.id, tipsql.SETTLED, within_s=2)
+            await trio.sleep(5.0)
+    # The poller started at 1 s: the TLC arrived at 6.1 s, the rise is seen at 6.25 s and the
+    # newest tip for 40 is the first candidate; Received, it is looked at again every 0.5 s.
+    assert checks_of(env, tip)[:3] == [6.25, 6.75, 7.25]
+    assert settled.settled_at == EPOCH_MS + 7_100 + 150  # paid at 7.1 s, next look 7.25 s
+    assert RECEIVED_RECHECK_MS == 500
+    # At most one decoy in flight beside it at a time (then they follow their own schedule).
+    assert sum(1 for d in decoys for at in checks_of(env, d) if at < 7.0) <= RISE_IN_FLIGHT
+
+
+async def test_a_withdrawal_masking_a_payment_is_caught_by_the_schedule(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        tip = await env.open_tip(100)
+        async with running(env.rt):
+            await trio.sleep(60.1)
+            due = (await env.tip(tip.id)).next_check_at
+            env.node.pay(tip.payment_hash)
+            env.node.send_out(150)  # in the same 250 ms: the channel's sum goes down by 50
+            settled = await env.wait_state(tip.id, tipsql.SETTLED, within_s=300)
+    assert due is not None
+    assert settled.settled_at is not None
+    assert 0 <= settled.settled_at - due <= 1  # found by its scheduled check, not the signal
+    checks = checks_of(env, tip)
+    assert checks[0] == 2.0  # 2 s, 4 s, 8 s … (±10 %): the 6th check is the one after 60 s
+    assert all(b - a <= 300 * 1.1 + 0.001 for a, b in itertools.pairwise(checks))
+
+
+async def test_the_schedule_backs_off_to_the_long_cap_while_the_signal_works(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        tip = await env.open_tip(100)
+        async with running(env.rt):
+            await trio.sleep(1_500)
+    gaps = [b - a for a, b in itertools.pairwise(checks_of(env, tip))]
+    assert max(gaps) == pytest.approx(300, rel=0.11)
+    assert max(gaps) > 60 * 1.1
+
+
+async def test_when_list_channels_fails_polling_falls_back_and_the_change_is_logged_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fiberlinkd.settlement")
+    async with environment(tmp_path, channel=True) as env, trio.open_nursery() as nursery:
+        tip = await env.open_tip(31, first_check_in_ms=600_000)
+        slow = await env.open_tip(32)
+        nursery.start_soon(modal, env.rt, tip.id)
+        env.node.fail_next("list_channels", error(FnnConnectError), count=100)
+        async with running(env.rt):
+            await trio.sleep(520.1)  # 100 failures 5 s apart, then it answers from 500 s on
+            env.node.pay(slow.payment_hash)
+            settled = await env.wait_state(slow.id, tipsql.SETTLED, within_s=5)
+        nursery.cancel_scope.cancel()
+    watched_checks = checks_of(env, tip)
+    assert [t for t in watched_checks if t < 9.99] == [
+        pytest.approx(0.25 * i, abs=0.002) for i in range(40)
+    ]
+    # The signal is back at 500 s: then the 2 s floor, and the rise at 520.25 s.
+    assert len([t for t in watched_checks if 501.0 <= t < 520.0]) == pytest.approx(9, abs=1)
+    # Meanwhile the schedule was capped at 60 s (the fallback), not 300 s.
+    slow_checks = [t for t in checks_of(env, slow) if t < 500.0]
+    assert max(b - a for a, b in itertools.pairwise(slow_checks)) == pytest.approx(60, rel=0.11)
+    assert settled.settled_at == EPOCH_MS + 520_250
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (
+        messages.count((logging.WARNING, "arrival signal unavailable; polling invoices as before"))
+        == 1
+    )
+    assert messages.count((logging.INFO, "arrival signal available")) == 1
+
+
+async def test_a_payment_while_list_channels_failed_shows_as_a_rise_when_it_answers_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with environment(tmp_path, channel=True) as env:
+        tip = await env.open_tip(64, first_check_in_ms=600_000)
+        async with running(env.rt):
+            await trio.sleep(1.1)
+            env.node.fail_next("list_channels", error(FnnTimeout), count=1)
+            await trio.sleep(0.2)  # the poll at 1.25 s fails; the next one is at 6.25 s
+            env.node.pay(tip.payment_hash)
+            settled = await env.wait_state(tip.id, tipsql.SETTLED, within_s=10)
+    assert settled.settled_at == EPOCH_MS + 6_250
+
+
 # --- restart ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("channel", [False, True], ids=["polling", "arrival-signal"])
 async def test_restart_mid_backlog_credits_every_paid_tip_exactly_once(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, channel: bool
 ) -> None:
     rng = random.Random(42)
     config = settlement_config(tmp_path, max_checks_per_s=50.0)
     clock = TrioClock()
     node = FakeNode(clock)
+    if channel:
+        node.open_channel()
     node.latency_s = 0.02
     paid: dict[str, int] = {}  # tip id -> amount
     tips: list[tipsql.Tip] = []
@@ -443,7 +707,9 @@ async def test_restart_mid_backlog_credits_every_paid_tip_exactly_once(
                 node.pay(tip.payment_hash)
                 paid[tip.id] = tip.amount
         async with running(env.rt, seed=2):
-            with trio.fail_after(200):
+            # Paid while stopped: no rise shows them (the new reading is the baseline), so the
+            # schedule finds them: within its cap, 60 s polling, 300 s with the signal.
+            with trio.fail_after(400 if channel else 200):
                 while len(await ledger.read(_credits)) < len(paid):
                     await trio.sleep(1.0)
             await trio.sleep(70.0)  # long enough for any duplicate to show up

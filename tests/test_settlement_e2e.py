@@ -4,8 +4,10 @@ plugin and an operator drive them.
 Rules: the plugin's signed requests over ``/rpc``; the payer acts only through the
 simulator's JSON-RPC control methods (``sim_pay_invoice``), as a separate program would; a
 paid tip reads SETTLED within 2 s of wall time while its modal polls, and the credit shows
-on the recipient's dashboard; ``fiberlinkd admin backfill`` over the real admin socket
-credits a payment the ledger had given up on (FAILED → SETTLED, LATE_SETTLEMENT) once.
+on the recipient's dashboard; with no modal open, the rise of the simulator's channel
+balance (``list_channels``) finds the paid tip within 2 s too; ``fiberlinkd admin backfill``
+over the real admin socket credits a payment the ledger had given up on (FAILED → SETTLED,
+LATE_SETTLEMENT) once.
 """
 
 from __future__ import annotations
@@ -67,6 +69,32 @@ async def test_paid_tip_reads_settled_within_two_seconds_and_the_dashboard_shows
         assert summary["balances"]["available"] == "31"
         assert summary["stats"]["completedCount"] == 1
         assert [t["state"] for t in summary["tips"]] == ["SETTLED"]
+        d.stop.set()
+
+
+async def test_an_unwatched_paid_tip_is_found_within_two_seconds_by_the_channel_balance(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """No modal polls: only the simulator's channel balance (list_channels) can tell."""
+    config = make_config(tmp_path, sim.url)
+    async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
+        d = await start_daemon(nursery, config, sim, http)
+        invoices = [(await d.plugin.result("tip.create", TIP))["invoice"] for _ in range(3)]
+        await trio.sleep(3.0)  # past the first scheduled checks: the schedule backs off
+        await sim_control(http, sim, "sim_pay_invoice", invoice=invoices[1])
+        paid_at = trio.current_time()
+        with trio.fail_after(2):
+            while True:
+                found = await d.rt.ledger.read(tipsql.tip_state_by_invoice, "forum", invoices[1])
+                if found is not None and found[1] == tipsql.SETTLED:
+                    break
+                await trio.sleep(0.05)
+        assert trio.current_time() - paid_at < 2
+        others = [
+            await d.rt.ledger.read(tipsql.tip_state_by_invoice, "forum", invoices[i])
+            for i in (0, 2)
+        ]
+        assert [o[1] if o else None for o in others] == [tipsql.UNPAID, tipsql.UNPAID]
         d.stop.set()
 
 

@@ -140,6 +140,32 @@ def next_due_at(conn: sqlite3.Connection) -> int | None:
     return row["at"] if row else None
 
 
+def unpaid_with_amount(conn: sqlite3.Connection, asset: str, amount: int, limit: int) -> list[Tip]:
+    """Unpaid tips of ``asset`` for exactly ``amount``, newest first (``tips_unpaid_amount``)."""
+    rows = conn.execute(
+        "SELECT * FROM tip_intents WHERE state = 'UNPAID' AND asset = ? AND amount = ?"
+        " ORDER BY created_at DESC LIMIT ?",
+        (asset, amount, limit),
+    ).fetchall()
+    return [Tip.from_row(r) for r in rows]
+
+
+def unpaid_up_to_amount(
+    conn: sqlite3.Connection, asset: str, max_amount: int, limit: int
+) -> list[Tip]:
+    """Unpaid tips of ``asset`` for at most ``max_amount``, newest first.
+
+    Walks the ``amount <= ?`` range of ``tips_unpaid_amount`` and sorts it: the cost follows
+    the open (unpaid) backlog of that asset, never the history of settled tips.
+    """
+    rows = conn.execute(
+        "SELECT * FROM tip_intents WHERE state = 'UNPAID' AND asset = ? AND amount <= ?"
+        " ORDER BY created_at DESC LIMIT ?",
+        (asset, max_amount, limit),
+    ).fetchall()
+    return [Tip.from_row(r) for r in rows]
+
+
 def unpaid_tips_by_id(conn: sqlite3.Connection, tip_ids: list[str]) -> list[Tip]:
     if not tip_ids:
         return []

@@ -8,8 +8,10 @@ Run from the repository root (takes ~10 minutes: two phases of ~5 minutes)::
 Three separate processes per phase, all on 127.0.0.1:
 
 - the FNN simulator (this file with ``--role sim``), which also counts every ``get_invoice``
-  it answers (wall-clock timestamps, read back with the ``bench_get_invoice_times`` control
-  method), so the call rate is measured where the node sees it;
+  it answers and every ``list_channels`` (the poller's arrival signal) (wall-clock timestamps,
+  read back with the ``bench_get_invoice_times`` control method), so the call rates are
+  measured where the node sees them; its one channel gets enough inbound capacity for every
+  payment (``sim_set_liquidity``);
 - the daemon, ``python -m fiberlinkd run`` with a config that sets only
   ``[settlement] max_checks_per_s`` (everything else default; the reconciler's interval is
   pushed out so that its own get_invoice calls do not blur the poller's rate);
@@ -67,13 +69,16 @@ async def serve_sim() -> None:
 
     async with open_simulator(network="Fibd", host="127.0.0.1", port=0) as sim:
         stamps: list[tuple[float, str]] = []
+        channel_polls: list[float] = []
         answer = sim.node.call
 
         def counting_call(method: str, params: Any) -> Any:
             if method == "bench_get_invoice_times":
-                return {"times": stamps}
+                return {"times": stamps, "list_channels": channel_polls}
             if method == "get_invoice":
                 stamps.append((time.time(), params[0]["payment_hash"]))
+            elif method == "list_channels":
+                channel_polls.append(time.time())
             return answer(method, params)
 
         sim.node.call = counting_call  # type: ignore[method-assign]
@@ -264,6 +269,13 @@ async def run_phase(
         sim_url = line.decode().split()[1]
         async with httpx.AsyncClient(timeout=30) as http:
             started = time.monotonic()
+            # Enough inbound capacity in the simulator's one channel for every payment.
+            await rpc(
+                http,
+                sim_url,
+                "sim_set_liquidity",
+                [{"outbound": hex(10**12), "inbound": hex(10**15)}],
+            )
             tips = await make_invoices(http, sim_url, rng)
             secret = secrets.token_hex(32)
             await write_tips(root / "state", secret, tips, rng)
@@ -337,7 +349,9 @@ async def run_phase(
                     await trio.sleep(2.0)
                 nursery.cancel_scope.cancel()
             found = await trio.to_thread.run_sync(settled_at, db, [t.id for t in paid])
-            stamps = (await rpc(http, sim_url, "bench_get_invoice_times", [{}]))["times"]
+            counted = await rpc(http, sim_url, "bench_get_invoice_times", [{}])
+            stamps = counted["times"]
+            channel_polls = [at for at in counted["list_channels"] if at >= bench_start]
     finally:
         for proc in (daemon, sim):
             if proc is not None and proc.returncode is None:
@@ -360,6 +374,8 @@ async def run_phase(
         "get_invoice_mean_per_s": len(in_run) / elapsed,
         "poller_max_per_1s": max_in_window(polls),
         "poller_mean_per_s": len(polls) / elapsed,
+        "list_channels_max_per_1s": max_in_window(channel_polls),
+        "list_channels_mean_per_s": len(channel_polls) / elapsed,
     }
     for label, group in (
         ("watched", [t for t in paid if t.paid_watched]),
@@ -395,6 +411,10 @@ def report(result: dict[str, Any]) -> None:
         f"window, mean {result['get_invoice_mean_per_s']:.1f}/s (all callers); poller only: "
         f"max {result['poller_max_per_1s']}, mean {result['poller_mean_per_s']:.1f}/s "
         f"(limit {result['rate']:g})"
+    )
+    print(
+        f"  FNN list_channels: max {result['list_channels_max_per_1s']} in any 1-s window, "
+        f"mean {result['list_channels_mean_per_s']:.1f}/s"
     )
     print(flush=True)
 

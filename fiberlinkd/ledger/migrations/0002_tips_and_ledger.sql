@@ -21,6 +21,8 @@ CREATE TABLE tip_intents (
     CHECK ((state = 'SETTLED') = (settled_at IS NOT NULL))
 );
 CREATE INDEX tips_due ON tip_intents (next_check_at) WHERE state = 'UNPAID';
+-- Candidates for a rise in what the node's channels received (newest first per amount).
+CREATE INDEX tips_unpaid_amount ON tip_intents (asset, amount, created_at) WHERE state = 'UNPAID';
 CREATE INDEX tips_feed ON tip_intents (app_id, settled_at, id) WHERE state = 'SETTLED';
 CREATE INDEX tips_to_user ON tip_intents (app_id, to_user_id, created_at);
 CREATE INDEX tips_from_user ON tip_intents (app_id, from_user_id, created_at);
