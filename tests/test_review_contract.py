@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from fiberlinkd.fnn.simulator import Simulator
 from tests.plugin_client import sign_headers
 from tests.test_api_envelope import expect_error, running, send, signed, snapshot
@@ -88,13 +86,6 @@ async def _cursor(d: Any) -> dict[str, str]:
     return {"settledAt": last["settledAt"], "id": last["tipIntentId"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger/tips.py settle_tip stamps settled_at from the caller's clock reading; "
-    "settlement.py _expire reads it before cancel_invoice (up to call_timeout_s), so a "
-    "settlement can commit behind a cursor the feed already handed out (owned by the "
-    "tips/settlement engineer; see the review report)",
-)
 async def test_a_settlement_stamped_before_the_feed_cursor_is_still_delivered(
     tmp_path, sim: Simulator
 ) -> None:
@@ -108,11 +99,6 @@ async def test_a_settlement_stamped_before_the_feed_cursor_is_still_delivered(
         assert await _feed_ids_after(d, cursor) == [slow_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger/tips.py settle_tip: two settlements in the same millisecond around a "
-    "feed read put the smaller id behind the cursor (owned by the tips engineer)",
-)
 async def test_a_settlement_in_the_same_millisecond_as_the_cursor_is_still_delivered(
     tmp_path, sim: Simulator
 ) -> None:

@@ -191,6 +191,22 @@ def reschedule(
     )
 
 
+def feed_time(conn: sqlite3.Connection, app_id: str, now_ms: int) -> int:
+    """The ``settled_at`` for a tip settling now: strictly after every settled tip of the app.
+
+    The plugin's notification job keeps a cursor ``(settledAt, id)`` and never looks behind
+    it. A clock read before a slow node call, two settlements in one millisecond, or a clock
+    step backwards could otherwise slot a tip behind a cursor already handed out, and the
+    creator would never be notified. With one writer, commit order is feed order.
+    """
+    row = conn.execute(
+        "SELECT max(settled_at) AS last FROM tip_intents WHERE app_id = ? AND state = 'SETTLED'",
+        (app_id,),
+    ).fetchone()
+    last = row["last"] if row and row["last"] is not None else None
+    return now_ms if last is None else max(now_ms, last + 1)
+
+
 def settle_tip(conn: sqlite3.Connection, tip_id: str, *, now_ms: int, source: str) -> bool:
     """UNPAID (or FAILED: a late payment) → SETTLED with its credit, once.
 
@@ -205,7 +221,7 @@ def settle_tip(conn: sqlite3.Connection, tip_id: str, *, now_ms: int, source: st
     updated = conn.execute(
         "UPDATE tip_intents SET state = 'SETTLED', settled_at = ?, next_check_at = NULL,"
         " check_count = check_count + 1, last_error = NULL WHERE id = ? AND state = ?",
-        (now_ms, tip_id, tip.state),
+        (feed_time(conn, tip.app_id, now_ms), tip_id, tip.state),
     ).rowcount
     if updated != 1:  # pragma: no cover - one writer connection makes this unreachable
         raise RuntimeError(f"tip {tip_id} changed state during settlement")
