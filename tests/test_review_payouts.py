@@ -138,3 +138,58 @@ async def test_cancel_refuses_a_retry_pending_row_whose_send_may_still_land(
             assert successes_for(sim, payment_hash) == 1
             assert w.state == COMPLETED
             assert await balance(rt, "alice") == (1000 * CKB - AMOUNT - SIM_FEE, 0)
+
+
+@attrs.define
+class CrashMidResendNode(LateSendNode):
+    """Send number ``late_on_send`` reaches the node ``delay_s`` later; meanwhile the daemon
+    "dies" mid-call (the test cancels the executor while this send is in flight)."""
+
+    in_flight: trio.Event = attrs.field(factory=trio.Event)
+
+    async def send_payment(
+        self, *, invoice: str, max_fee_amount: int | None = None, dry_run: bool = False
+    ) -> Payment:
+        if not dry_run and self.sends + 1 == self.late_on_send:
+            self.sends += 1
+            assert self.nursery is not None
+            self.nursery.start_soon(self._land, invoice, max_fee_amount)
+            self.in_flight.set()
+            await trio.sleep_forever()
+        return await super().send_payment(
+            invoice=invoice, max_fee_amount=max_fee_amount, dry_run=dry_run
+        )
+
+
+async def test_a_crash_mid_resend_never_reads_the_earlier_failed_session_as_the_outcome(
+    tmp_path: Path,
+) -> None:
+    """Attempt 1 fails at the node. Attempt 2 is sent and the process dies before recording
+    anything; the send lands only after the restart. Recovery sees attempt 1's Failed session:
+    the session committed before the send says it is the old one, so the row must go back to
+    RETRY_PENDING with its reservation, not FAILED (the retry budget is spent) and released."""
+    config = make_config(tmp_path, attrs.evolve(FAST_WITHDRAWALS, retry_budget=1))
+    async with sim_node() as (sim, client):
+        node = CrashMidResendNode(client, late_on_send=2, delay_s=1.0)
+        async with open_runtime(tmp_path, node, config=config) as rt, trio.open_nursery() as outer:
+            node.nursery = outer  # the late send outlives the "crashed" executor
+            await fund(rt, "alice", 1000 * CKB)
+            invoice, payment_hash = remote_invoice(sim, AMOUNT, expiry_s=3600)
+            wid = (await request(rt, "forum", params("alice", "100", invoice)))["id"]
+            sim.node.add_fault(
+                "send_payment", "payment_fails", failed_error="TemporaryChannelFailure"
+            )
+            async with trio.open_nursery() as first_life:
+                await first_life.start(WithdrawalExecutor(rt, jitter=lambda: 0.0).run)
+                await node.in_flight.wait()
+                first_life.cancel_scope.cancel()  # the process dies mid-send
+            async with trio.open_nursery() as second_life:
+                await second_life.start(WithdrawalExecutor(rt, jitter=lambda: 0.0).run)
+                w = await wait_for(rt, wid, _final)
+                second_life.cancel_scope.cancel()
+            await node.landed.wait()
+            await trio.sleep(0.3)
+            sim.node.advance()
+            assert successes_for(sim, payment_hash) == 1
+            assert w.state == COMPLETED, w.failure_reason
+            assert await balance(rt, "alice") == (1000 * CKB - AMOUNT - SIM_FEE, 0)

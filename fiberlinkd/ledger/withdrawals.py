@@ -79,6 +79,7 @@ class Withdrawal:
     created_at: int
     updated_at: int
     completed_at: int | None
+    prior_session: str | None = None  # see migration 0005
 
     @property
     def reservation(self) -> int:
@@ -109,6 +110,7 @@ class Withdrawal:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             completed_at=row["completed_at"],
+            prior_session=row["prior_session"],
         )
 
 
@@ -499,14 +501,31 @@ def claim_withdrawal(
         return None
     cursor = conn.execute(
         "UPDATE withdrawals SET state = 'PROCESSING', attempts = attempts + 1,"
-        " sent_at = coalesce(sent_at, ?), next_attempt_at = ?, updated_at = ?"
-        " WHERE id = ? AND state = ?",
+        " sent_at = coalesce(sent_at, ?), next_attempt_at = ?, updated_at = ?,"
+        " prior_session = NULL WHERE id = ? AND state = ?",
         (now_ms, now_ms + lease_ms, now_ms, w.id, w.state),
     )
     if cursor.rowcount != 1:
         return None
     _add_event(conn, w.id, now_ms, w.state, PROCESSING, f"attempt {w.attempts + 1}")
     return _require(conn, w.id)
+
+
+def record_prior_session(
+    conn: sqlite3.Connection, withdrawal_id: str, session: str | None, now_ms: int
+) -> bool:
+    """Remember, before sending, which Failed session the node already shows (or none).
+
+    Committed before ``send_payment`` so that, after a crash mid-resend, that old session
+    is never read as this attempt's outcome. Returns whether the row is still ours
+    (PROCESSING).
+    """
+    cursor = conn.execute(
+        "UPDATE withdrawals SET prior_session = ?, updated_at = ?"
+        " WHERE id = ? AND state = 'PROCESSING'",
+        (session, now_ms, withdrawal_id),
+    )
+    return cursor.rowcount == 1
 
 
 def note_processing(

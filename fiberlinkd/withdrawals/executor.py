@@ -65,6 +65,7 @@ from fiberlinkd.ledger.withdrawals import (
     list_processing,
     next_due_at,
     note_processing,
+    record_prior_session,
     retry_withdrawal_later,
 )
 from fiberlinkd.logsetup import kv
@@ -196,6 +197,16 @@ class WithdrawalExecutor:
                     unanswered.append(w)
                 elif seen is NOT_FOUND:
                     await self._not_sent(w, delay_s=0.0, why="after restart")
+                elif (
+                    isinstance(seen, Payment)
+                    and w.prior_session is not None
+                    and _same_session(seen, w.prior_session)
+                ):
+                    # Still the session from before this attempt's send: the send may not
+                    # have landed yet, or may still land. Never a failure; send again later.
+                    await self._retry_unsent(
+                        w, "after restart: the node still shows the earlier Failed session"
+                    )
                 elif isinstance(seen, Payment):
                     await self._settle_seen(w, seen, source="after restart")
             todo = unanswered
@@ -260,18 +271,23 @@ class WithdrawalExecutor:
     # --- one withdrawal -----------------------------------------------------------------
 
     async def _pay_and_follow(self, w: Withdrawal, *, send: bool) -> None:
-        earlier: Payment | None = None
+        # A Failed session left by an earlier attempt (or an earlier retry round) must not
+        # be read as the outcome of this send: a send whose reply was lost may still reach
+        # the node after we look. The session seen before sending is committed with the
+        # row first, so the distinction also survives a crash mid-send.
+        earlier: str | None = w.prior_session
         refusal: str | None = None
         if send:
-            # A Failed session left by an earlier attempt (or an earlier retry round) must
-            # not be read as the outcome of this send: a send whose reply was lost may
-            # still reach the node after we look. Remember it to tell the two apart.
             before = await self._ask(w)
             if isinstance(before, _Unknown):
                 await self._retry_unsent(w, f"not sent: {before.error}")
                 return
+            earlier = None
             if isinstance(before, Payment) and before.status is PaymentStatus.FAILED:
-                earlier = before
+                earlier = session_key(before)
+            kept = await self._record(record_prior_session, w.id, earlier, self.rt.clock.now_ms())
+            if kept is not True:
+                return  # the row is no longer ours to send (or the commit timed out)
             refusal = await self._send(w)
         started = trio.current_time()
         poll_s = self.rt.config.withdrawals.payment_poll_s
@@ -480,14 +496,15 @@ class WithdrawalExecutor:
             WITHDRAWALS_BY_STATE.labels(state).set(counts.get(state, 0))
 
 
-def _same_session(seen: Payment, earlier: Payment) -> bool:
-    """The node shows the very session it showed before our send (FNN re-creates a resent
-    Failed session and resets its ``created_at``, fnn-rpc.md §8.4)."""
-    return (
-        seen.status is PaymentStatus.FAILED
-        and seen.created_at_ms == earlier.created_at_ms
-        and seen.last_updated_at_ms == earlier.last_updated_at_ms
-    )
+def session_key(payment: Payment) -> str:
+    """Identifies one payment session: FNN re-creates a resent Failed session and resets its
+    ``created_at`` (fnn-rpc.md §8.4)."""
+    return f"{payment.created_at_ms}:{payment.last_updated_at_ms}"
+
+
+def _same_session(seen: Payment, earlier: str) -> bool:
+    """The node shows the very Failed session it showed before our send."""
+    return seen.status is PaymentStatus.FAILED and session_key(seen) == earlier
 
 
 def _due_and_frozen(conn: Any, now_ms: int, limit: int) -> tuple[list[Withdrawal], bool]:
