@@ -36,7 +36,7 @@ from fiberlinkd.fnn.sim.invoices import decode_invoice
 from fiberlinkd.fnn.simulator import Simulator, open_simulator
 
 GOLDEN_CANDIDATES = (
-    Path("/work/shared/vectors/fnn-golden-dev.json"),
+    Path(__file__).resolve().parents[2] / "shared" / "vectors" / "fnn-golden-dev.json",
     Path(__file__).resolve().parent / "wasm" / "fnn-golden-dev.json",
 )
 GOLDEN_PATH = next((p for p in GOLDEN_CANDIDATES if p.exists()), None)

@@ -1,6 +1,6 @@
 """Benchmark: a clean reconcile over 100,000 tips, and API-like read latency meanwhile.
 
-Run: ``/tmp/v/bin/python tests/bench/reconcile_large.py [--tips N] [--users N]``
+Run: ``python tests/bench/reconcile_large.py [--tips N] [--users N]``
 
 1. Fills a fresh database (in a temporary directory) with N tips — 95 % SETTLED with their
    TIP_CREDIT entries (the hash chain computed exactly as ``append_entry`` does), 5 % UNPAID —

@@ -34,7 +34,7 @@ from fiberlinkd.ckb.hashing import ckb_hash
 from .compare import Masks, differences
 from .translate import Outcome, translate
 
-#: A copy of ``/work/shared/vectors/fnn-golden-dev.json`` kept with the tests (CI has no
+#: A copy of ``shared/vectors/fnn-golden-dev.json`` kept with the tests (CI has no
 #: shared directory).
 GOLDEN_PATH = Path(__file__).resolve().parent / "fnn-golden-dev.json"
 GOLDEN_CURRENCY = "Fibd"
