@@ -34,8 +34,8 @@ from fiberlinkd.ckb.hashing import ckb_hash
 from .compare import Masks, differences
 from .translate import Outcome, translate
 
-#: A copy of ``shared/vectors/fnn-golden-dev.json`` kept with the tests (CI has no
-#: shared directory).
+#: A copy of ``shared/vectors/fnn-golden-dev.json`` kept with the tests, so the tier runs
+#: wherever the repository is checked out.
 GOLDEN_PATH = Path(__file__).resolve().parent / "fnn-golden-dev.json"
 GOLDEN_CURRENCY = "Fibd"
 EXPIRY_WAIT_S = 2.0
