@@ -172,7 +172,15 @@ class WithdrawalsConfig:
     user_daily_limit: str = attrs.field(default="200000", validator=_amount)
     app_daily_limit: str = attrs.field(default="2000000", validator=_amount)
     cooldown_s: int = attrs.field(default=0, validator=_non_negative)
-    max_fee_ppm: int = attrs.field(default=5_000, validator=_non_negative)  # 0.5 %
+    # FNN caps a payment's fee at max_fee_rate (default 5 per mille) as well; we do not send
+    # max_fee_rate, so a cap above 5000 ppm would be promised to users but never used.
+    max_fee_ppm: int = attrs.field(
+        default=5_000,
+        validator=_check(
+            lambda v: isinstance(v, int) and 0 <= v <= 5_000,
+            "must be from 0 to 5000 (FNN's default fee-rate cap, 0.5 %); got {value!r}",
+        ),
+    )
     invoice_min_remaining_s: int = attrs.field(default=600, validator=_non_negative)
     retry_budget: int = attrs.field(default=5, validator=_non_negative)
     retry_base_s: float = attrs.field(default=30.0, validator=_positive)

@@ -423,3 +423,12 @@ def test_redacted_config_is_plain_json_data() -> None:
     data = redacted(Config())
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {field.name for field in attrs.fields(Config)}
+
+
+def test_a_fee_cap_above_fnns_default_rate_cap_is_refused(tmp_path: Path) -> None:
+    """FNN also caps fees at 0.5 % unless max_fee_rate is sent; a larger cap would be a lie."""
+    path = tmp_path / "fee.toml"
+    path.write_text("[withdrawals]\nmax_fee_ppm = 6000\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value).startswith("config: [withdrawals] max_fee_ppm: must be from 0 to 5000")
