@@ -26,14 +26,25 @@ class ActorRun(Protocol):
     def __call__(self, *, task_status: trio.TaskStatus[Any] = ...) -> Awaitable[None]: ...
 
 
+class FatalActorError(Exception):
+    """An actor cannot work at all and retrying will not help (e.g. its socket path is taken
+    by another process). The supervisor stops the daemon at once with the actor's message."""
+
+
 class GaveUp(Exception):
     """An actor crashed too often; the daemon must stop."""
 
-    def __init__(self, actor: str, crashes: int, window_s: float, last: BaseException) -> None:
-        super().__init__(
-            f"actor {actor} crashed {crashes} times within {window_s:g} s; last error: "
-            f"{type(last).__name__}: {last}"
-        )
+    def __init__(
+        self, actor: str, crashes: int, window_s: float, last: BaseException, *, fatal: bool = False
+    ) -> None:
+        if fatal:
+            message = f"actor {actor} cannot run: {last}"
+        else:
+            message = (
+                f"actor {actor} crashed {crashes} times within {window_s:g} s; last error: "
+                f"{type(last).__name__}: {last}"
+            )
+        super().__init__(message)
         self.actor = actor
 
 
@@ -96,6 +107,13 @@ class Supervisor:
         while True:
             try:
                 await run(task_status=_StartedProxy(on_started))  # type: ignore[arg-type,unused-ignore]
+            except FatalActorError as exc:
+                status.state = "stopped"
+                status.last_error = str(exc)
+                log.critical(
+                    "actor cannot run; stopping the daemon", extra=kv(actor=name, error=str(exc))
+                )
+                raise GaveUp(name, 1, self.window_s, exc, fatal=True) from exc
             except Exception as exc:
                 now = trio.current_time()
                 crashes.append(now)

@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from fiberlinkd.supervisor import ActorStatus, GaveUp, Supervisor
+from fiberlinkd.supervisor import ActorStatus, FatalActorError, GaveUp, Supervisor
 
 
 class Broken(RuntimeError):
@@ -240,3 +240,21 @@ def test_status_is_plain_data_for_the_admin_socket() -> None:
         "restarts": 2,
         "last_error": "Broken: x",
     }
+
+
+async def test_a_fatal_actor_error_stops_the_daemon_at_once_with_its_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Retrying cannot fix e.g. an admin socket path held by another process: no backoff."""
+
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise FatalActorError("admin socket /run/x.sock is in use by another process")
+
+    supervisor = Supervisor()
+    with pytest.raises(GaveUp) as info:
+        await supervisor.supervise("admin", run)
+    assert trio.current_time() == 0.0
+    assert str(info.value) == (
+        "actor admin cannot run: admin socket /run/x.sock is in use by another process"
+    )
+    assert supervisor.statuses["admin"].state == "stopped"

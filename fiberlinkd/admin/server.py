@@ -63,6 +63,7 @@ from fiberlinkd.admin.roles import Caller, resolve_caller, user_name
 from fiberlinkd.ledger.admin import append_audit
 from fiberlinkd.logsetup import kv
 from fiberlinkd.runtime import Runtime
+from fiberlinkd.supervisor import FatalActorError
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,11 @@ ADMIN_COMMANDS = Counter(
 PeerUidLookup = Callable[[trio.socket.SocketType], int]
 
 
-class AdminSocketError(Exception):
-    """The admin socket cannot be created; ``str()`` is the line the operator reads."""
+class AdminSocketError(FatalActorError):
+    """The admin socket cannot be created; ``str()`` is the line the operator reads.
+
+    Fatal: retrying cannot free a path another process holds, so the daemon stops at once.
+    """
 
 
 class AdminSocketInUse(AdminSocketError):
