@@ -51,9 +51,11 @@ created_at)`` of unpaid tips; it never scans history. Crediting is one transacti
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
+import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -71,6 +73,7 @@ from fiberlinkd.fnn.errors import (
 )
 from fiberlinkd.fnn.types import Channel, InvoiceStatus, NodeInfo, Script
 from fiberlinkd.ledger import tips as tipsql
+from fiberlinkd.ledger.admin import get_setting, put_setting
 from fiberlinkd.logsetup import kv
 from fiberlinkd.runtime import Runtime
 
@@ -254,8 +257,40 @@ class ArrivalSignal:
     def lost(self) -> None:
         self.covered = None
 
+    def reading(self) -> dict[str, tuple[str, int]]:
+        """The last good reading (channel id -> (asset, received)), to persist."""
+        return dict(self._last)
+
+    def restore(self, reading: dict[str, tuple[str, int]]) -> None:
+        """Start from a reading saved before a restart, so money that arrived while the
+        daemon was down shows as a rise on the first poll (not only on the schedule)."""
+        if not self._last:
+            self._last = dict(reading)
+
     def covers(self, asset: str) -> bool:
         return self.covered is not None and asset in self.covered
+
+
+CHANNEL_READING_KEY = "settlement.channel_reading"
+
+
+def save_reading(
+    conn: sqlite3.Connection, reading: dict[str, tuple[str, int]], now_ms: int
+) -> None:
+    value = json.dumps({cid: [asset, total] for cid, (asset, total) in sorted(reading.items())})
+    put_setting(conn, CHANNEL_READING_KEY, value, now_ms)
+
+
+def load_reading(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+    stored = get_setting(conn, CHANNEL_READING_KEY)
+    if stored is None:
+        return {}
+    try:
+        data = json.loads(stored[0])
+        return {str(cid): (str(v[0]), int(v[1])) for cid, v in data.items()}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        log.warning("ignoring an unreadable saved channel reading")
+        return {}
 
 
 @attrs.define(eq=False)
@@ -396,6 +431,8 @@ class SettlementPoller:
         bound_s = min(ARRIVAL_CALL_BOUND_S, rt.config.fnn.call_timeout_s)
         next_at = trio.current_time()
         busy_until = -math.inf
+        self.signal.restore(await rt.ledger.read(load_reading))
+        saved = self.signal.reading()
         while True:
             channels: tuple[Channel, ...] | None = None
             problem = "the node lists no ready channel"
@@ -412,6 +449,9 @@ class SettlementPoller:
             else:
                 rises = self.signal.observe(channels, rt.node_state.info)
                 now = rt.clock.now_ms()
+                if self.signal.reading() != saved:  # only when money moved: rare writes
+                    saved = self.signal.reading()
+                    await rt.ledger.transact(save_reading, saved, now)
                 for asset, amount in sorted(rises.items()):
                     self._add_rise(Rise(asset, amount, now))
                 if rises:

@@ -663,6 +663,28 @@ async def test_a_payment_while_list_channels_failed_shows_as_a_rise_when_it_answ
 # --- restart ------------------------------------------------------------------------------
 
 
+async def test_a_payment_made_while_the_daemon_was_down_shows_as_a_rise_after_restart(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The last channel reading is saved when it changes, so the first poll after a
+    restart sees what arrived meanwhile instead of taking it as the new baseline."""
+    async with environment(tmp_path, channel=True) as env:
+        earlier = await env.open_tip(32, first_check_in_ms=600_000)
+        tip = await env.open_tip(64, first_check_in_ms=600_000)
+        async with running(env.rt):
+            await trio.sleep(1.0)
+            env.node.pay(earlier.payment_hash)  # a rise: the reading changes and is saved
+            await env.wait_state(earlier.id, tipsql.SETTLED, within_s=2)
+            await trio.sleep(1.0)
+        env.node.pay(tip.payment_hash)  # while the daemon is down
+        await trio.sleep(30.0)
+        restarted_at = trio.current_time()
+        async with running(env.rt):
+            settled = await env.wait_state(tip.id, tipsql.SETTLED, within_s=2)
+        assert trio.current_time() - restarted_at < 1.0
+        assert settled.state == tipsql.SETTLED
+
+
 @pytest.mark.parametrize("channel", [False, True], ids=["polling", "arrival-signal"])
 async def test_restart_mid_backlog_credits_every_paid_tip_exactly_once(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, channel: bool
