@@ -12,7 +12,6 @@ Rules under test:
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import subprocess
 import sys
@@ -23,27 +22,13 @@ import pytest
 from fiberlinkd import __version__
 from fiberlinkd.cli import build_parser, main
 from fiberlinkd.ledger.store import DB_FILENAME, SCHEMA_VERSION
+from tests.test_config import clean_env, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "fiberlinkd.toml"
 
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIBERLINKD_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env.update(extra)
-    return env
-
-
-def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fiberlinkd", *args],
-        capture_output=True,
-        text=True,
-        env=env or clean_env(),
-        timeout=60,
-        check=False,
-    )
+# One way to run the CLI in a clean environment, shared with the config tests.
+run_module = run_cli
 
 
 def command_paths(
