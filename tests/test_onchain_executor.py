@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -229,6 +230,15 @@ async def test_a_refusal_that_proves_nothing_keeps_the_same_bytes_and_flags_the_
         scope.cancel()
 
 
+async def _broadcast(h: Any, tx_hash: str | None) -> Any:
+    assert tx_hash is not None
+    key = bytes.fromhex(tx_hash.removeprefix("0x"))
+    with trio.fail_after(5):
+        while key not in h.chain.txs:
+            await trio.sleep(0.01)
+    return h.chain.txs[key]
+
+
 async def test_inputs_of_an_unconfirmed_payout_are_never_spent_by_another(
     tmp_path: Path,
 ) -> None:
@@ -248,8 +258,9 @@ async def test_inputs_of_an_unconfirmed_payout_are_never_spent_by_another(
         assert second.last_error == "waiting for the change of an unconfirmed payout"
         h.chain.mine(1)
         second = await wait_for(h.rt, second_id["id"], lambda w: w.tx_hash is not None)
-        tx_a = h.chain.txs[bytes.fromhex(first.tx_hash.removeprefix("0x"))].tx  # type: ignore[union-attr]
-        tx_b = h.chain.txs[bytes.fromhex(second.tx_hash.removeprefix("0x"))].tx  # type: ignore[union-attr]
+        # The hash is committed before the broadcast (by design): wait until the chain has it.
+        tx_a = (await _broadcast(h, first.tx_hash)).tx
+        tx_b = (await _broadcast(h, second.tx_hash)).tx
         inputs_a = {i.previous_output for i in tx_a.inputs}
         assert not inputs_a & {i.previous_output for i in tx_b.inputs}
         await _mine_until_completed(h, second_id["id"])
