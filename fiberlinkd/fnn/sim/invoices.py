@@ -31,6 +31,8 @@ from .. import hexcodec
 SIGNATURE_GROUPS = 104  # 65 bytes = 520 bits = 104 five-bit groups
 _HRP = re.compile(r"fib([btd])(\d*)")
 _CURRENCY_BY_LETTER = {"b": "Fibb", "t": "Fibt", "d": "Fibd"}
+_NOT_PRINTABLE = re.compile(r"[^!-~]")  # anything outside ASCII 33..126
+_NOT_BECH32 = re.compile(f"[^{bech32m.CHARSET}]")
 
 
 class InvoiceError(Exception):
@@ -110,8 +112,11 @@ def encode_invoice(
     data5 = [1, *body5]
     signature = key.sign_recoverable(_signing_hash(hrp, body5), hasher=None)
     sig5 = bech32m.convertbits(signature, 8, 5, pad=True)
-    address = bech32m.encode(hrp, data5 + sig5, bech32m.Encoding.BECH32M)
-    return address, decode_invoice(address)
+    groups = data5 + sig5
+    address = bech32m.encode(hrp, groups, bech32m.Encoding.BECH32M)
+    # decode_invoice(address) would find exactly this: encode() succeeded, so the string passes
+    # every bech32 check and decodes to (hrp lower-cased, groups, BECH32M). Skip re-checking.
+    return address, _decode_groups(hrp.lower(), groups)
 
 
 def _bech32_checks(s: str) -> None:
@@ -123,12 +128,9 @@ def _bech32_checks(s: str) -> None:
         raise InvoiceError('Bech32 error: missing human-readable separator, "1"')
     if pos == 0 or len(s) - pos - 1 < 6:
         raise InvoiceError("Bech32 error: invalid length")
-    for c in s:
-        if not 33 <= ord(c) <= 126:
-            raise InvoiceError(f"Bech32 error: invalid character (code={ord(c)})")
-    for c in s[pos + 1 :].lower():
-        if c not in bech32m.CHARSET:
-            raise InvoiceError(f"Bech32 error: invalid character (code={ord(c)})")
+    bad = _NOT_PRINTABLE.search(s) or _NOT_BECH32.search(s[pos + 1 :].lower())
+    if bad:
+        raise InvoiceError(f"Bech32 error: invalid character (code={ord(bad.group())})")
 
 
 def decode_invoice(s: str) -> DecodedInvoice:
@@ -143,6 +145,11 @@ def decode_invoice(s: str) -> DecodedInvoice:
         raise InvoiceError("Bech32 error: invalid checksum") from None
     if spec is not bech32m.Encoding.BECH32M:
         raise InvoiceError("Bech32 error: invalid checksum")
+    return _decode_groups(hrp, data5)
+
+
+def _decode_groups(hrp: str, data5: list[int]) -> DecodedInvoice:
+    """``decode_invoice`` after the bech32m layer: ``hrp`` lower-case, checksum removed."""
     if len(data5) < SIGNATURE_GROUPS:  # FNN checks the length before the HRP
         raise InvoiceError("Too short data part")
     match = _HRP.fullmatch(hrp)
@@ -172,7 +179,7 @@ def decode_invoice(s: str) -> DecodedInvoice:
     signature_hex: str | None = None
     if signed:
         sig5 = data5[len(data5) - SIGNATURE_GROUPS :]
-        signature_hex = "".join(f"{g:02x}" for g in sig5)
+        signature_hex = bytes(sig5).hex()  # groups are 0..31
         try:
             sig = bytes(bech32m.convertbits(sig5, 5, 8, pad=False))
             recovered = coincurve.PublicKey.from_signature_and_message(
@@ -228,6 +235,12 @@ FEATURE_BITS = (
 
 def _groups_to_bytes(body5: list[int]) -> bytes:
     """5-bit groups → bytes, dropping the trailing padding bits (``from_base32``)."""
+    try:
+        padded = bech32m.convertbits(body5, 5, 8, pad=True)  # fast for 0..31 groups
+    except (bech32m.Bech32Error, TypeError):
+        pass  # not 5-bit groups: the loop below, as before
+    else:
+        return bytes(padded[: len(body5) * 5 // 8])
     acc = 0
     for g in body5:
         acc = (acc << 5) | g
