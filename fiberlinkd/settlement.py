@@ -784,7 +784,8 @@ class SettlementPoller:
                     self.rng,
                 )
             next_at = min(now + delay, tip.expires_at + grace_ms)
-            await rt.ledger.transact(
+            # A small write many checks make at once: share commits (group commit).
+            await rt.ledger.transact_grouped(
                 tipsql.reschedule, tip.id, next_check_at=max(next_at, now + 100)
             )
         return status
