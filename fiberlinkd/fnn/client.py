@@ -1,7 +1,8 @@
 """``FnnClient``: FNN's JSON-RPC over an injected ``httpx.AsyncClient``.
 
-Wire rules (``fnn-rpc.md`` §1-§2): one POST per call to the node's URL, a fresh integer
-``id`` on every request, params as a one-object array (``[{}]`` when every field is
+Wire rules (``fnn-rpc.md`` §1-§2): one POST per call to the node's URL (concurrent
+``new_invoice`` or ``get_invoice`` calls share one POST as a JSON-RPC batch), a fresh
+integer ``id`` on every request, params as a one-object array (``[{}]`` when every field is
 optional, ``[]`` for ``node_info``), an optional ``Authorization: Bearer <token>``.
 
 Error mapping (see :mod:`fiberlinkd.fnn.errors` for the tree):
@@ -23,6 +24,8 @@ SCREAMING_SNAKE channel states) are accepted (§12).
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import json
 from collections.abc import Callable, Mapping
@@ -30,12 +33,17 @@ from typing import Any, TypeVar
 
 import attrs
 import httpx
+import outcome
 import trio
+from outcome import Outcome
+
+from fiberlinkd.groupcall import GroupCall
 
 from . import hexcodec
 from .errors import (
     FnnConnectError,
     FnnContractError,
+    FnnError,
     FnnHttpError,
     FnnNodeError,
     FnnTimeout,
@@ -55,6 +63,10 @@ from .types import (
 )
 
 DEFAULT_CALL_TIMEOUT_S = 30.0
+# Calls made by many tasks at once (tips being created, invoices being checked): concurrent
+# calls of one method share one POST as a JSON-RPC batch (fnn-rpc.md §1), at most MAX_BATCH.
+BATCHED_METHODS = ("new_invoice", "get_invoice")
+MAX_BATCH = 32
 
 _T = TypeVar("_T")
 
@@ -294,11 +306,54 @@ class FnnClient:
     token: str | None = None
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _groups: dict[str, GroupCall[dict[str, Any], Any]] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._groups = {
+            method: GroupCall(functools.partial(self._batch_of, method), max_batch=MAX_BATCH)
+            for method in BATCHED_METHODS
+        }
 
     async def call(self, method: str, params: list[Any]) -> Any:
         """One raw JSON-RPC call; returns the ``result`` member as parsed JSON."""
         request_id = next(self._ids)
         body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        return _unwrap(method, request_id, await self._exchange(method, body))
+
+    async def call_batch(self, method: str, params_list: list[list[Any]]) -> list[Outcome[Any]]:
+        """Several calls of ``method`` as one JSON-RPC batch (``fnn-rpc.md`` §1).
+
+        One POST under one ``call_timeout_s`` bound; each entry gets its own result or
+        error. A transport, HTTP or framing failure fails every entry. A single call is
+        sent as a plain request, exactly as :meth:`call` would.
+        """
+        if len(params_list) == 1:
+            return [await outcome.acapture(self.call, method, params_list[0])]
+        ids = [next(self._ids) for _ in params_list]
+        body = [
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            for request_id, params in zip(ids, params_list, strict=True)
+        ]
+        try:
+            reply = await self._exchange(f"{method} (batch of {len(ids)})", body)
+            if not isinstance(reply, list):  # a batch refused as a whole: one error object
+                _unwrap(method, None, reply)
+                raise FnnContractError(f"{method}: batch reply is not an array: {reply!r:.200}")
+        except FnnError as exc:
+            return [outcome.Error(copy.copy(exc)) for _ in ids]
+        by_id = {r.get("id"): r for r in reply if isinstance(r, dict)}
+        results: list[Outcome[Any]] = []
+        for request_id in ids:
+            entry = by_id.get(request_id)
+            if entry is None:
+                missing = FnnContractError(f"{method}: batch reply lacks id {request_id}")
+                results.append(outcome.Error(missing))
+            else:
+                results.append(outcome.capture(_unwrap, method, request_id, entry))
+        return results
+
+    async def _exchange(self, label: str, body: Any) -> Any:
+        """POST ``body`` and return the parsed JSON reply (errors: see the module docstring)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -308,20 +363,32 @@ class FnnClient:
                     self.url, content=json.dumps(body).encode(), headers=headers
                 )
         except trio.TooSlowError:
-            raise FnnTimeout(f"{method}: no reply within {self.call_timeout_s} s") from None
+            raise FnnTimeout(f"{label}: no reply within {self.call_timeout_s} s") from None
         except httpx.TimeoutException as exc:
-            raise FnnTimeout(f"{method}: {type(exc).__name__}: {exc}") from exc
+            raise FnnTimeout(f"{label}: {type(exc).__name__}: {exc}") from exc
         except httpx.TransportError as exc:
-            raise FnnConnectError(f"{method}: {type(exc).__name__}: {exc}") from exc
+            raise FnnConnectError(f"{label}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raise FnnHttpError(response.status_code, response.text)
         try:
-            reply = json.loads(response.content)
+            return json.loads(response.content)
         except ValueError:
             raise FnnContractError(
-                f"{method}: reply is not JSON: {response.content[:200]!r}"
+                f"{label}: reply is not JSON: {response.content[:200]!r}"
             ) from None
-        return _unwrap(method, request_id, reply)
+
+    async def _batch_of(self, method: str, params: list[dict[str, Any]]) -> list[Outcome[Any]]:
+        return await self.call_batch(method, [[p] for p in params])
+
+    async def _batched(
+        self, method: str, params: dict[str, Any], decode: Callable[[Any], _T]
+    ) -> _T:
+        """Like :meth:`_typed`, but concurrent calls of ``method`` share one batch."""
+        result = await self._groups[method](params)
+        try:
+            return decode(result)
+        except _Bad as exc:
+            raise FnnContractError(f"{method}: {exc}") from None
 
     async def _typed(self, method: str, params: list[Any], decode: Callable[[Any], _T]) -> _T:
         result = await self.call(method, params)
@@ -367,7 +434,7 @@ class FnnClient:
             params["final_expiry_delta"] = hexcodec.encode_uint(final_expiry_delta_ms)
         if allow_mpp is not None:
             params["allow_mpp"] = allow_mpp
-        return await self._typed("new_invoice", [params], new_invoice_result_from_rpc)
+        return await self._batched("new_invoice", params, new_invoice_result_from_rpc)
 
     async def parse_invoice(self, invoice: str) -> Invoice:
         def decode(obj: Any) -> Invoice:
@@ -376,8 +443,8 @@ class FnnClient:
         return await self._typed("parse_invoice", [{"invoice": invoice}], decode)
 
     async def get_invoice(self, payment_hash: str) -> InvoiceInfo:
-        params = [{"payment_hash": payment_hash}]
-        return await self._typed("get_invoice", params, invoice_info_from_rpc)
+        params = {"payment_hash": payment_hash}
+        return await self._batched("get_invoice", params, invoice_info_from_rpc)
 
     async def cancel_invoice(self, payment_hash: str) -> InvoiceInfo:
         params = [{"payment_hash": payment_hash}]
@@ -430,7 +497,7 @@ class FnnClient:
         return await self._typed("list_channels", [{}], channels_from_rpc)
 
 
-def _unwrap(method: str, request_id: int, reply: Any) -> Any:
+def _unwrap(method: str, request_id: int | None, reply: Any) -> Any:
     if not isinstance(reply, dict) or reply.get("jsonrpc") != "2.0":
         raise FnnContractError(f"{method}: not a JSON-RPC 2.0 reply: {reply!r:.200}")
     if "error" in reply:

@@ -20,7 +20,7 @@ from typing import Any
 import h11
 import trio
 
-from .node import BUSINESS, RpcError, SimNode, unauthorized
+from .node import BUSINESS, Fault, RpcError, SimNode, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +80,40 @@ class RpcServer:
             error = RpcError(-32700, "Parse error", has_data=False)
             return 200, _dumps(_error_reply(None, error))
         authorised = self._authorised(headers)
-        if isinstance(request, list):
-            if not request:
-                error = RpcError(-32600, "Invalid request", has_data=False)
-                return 200, _dumps(_error_reply(None, error))
-            return 200, _dumps([self._execute(r, authorised) for r in request])
-        method = request.get("method") if isinstance(request, dict) else None
-        fault = self.node.take_fault(method) if isinstance(method, str) else None
-        if fault is None:
-            return 200, _dumps(self._execute(request, authorised))
-        log.info("devnode: fault %s on %s", fault.kind, method)
-        if fault.kind == "timeout":
-            await trio.sleep(HANG_S)
+        if isinstance(request, list) and not request:
+            error = RpcError(-32600, "Invalid request", has_data=False)
+            return 200, _dumps(_error_reply(None, error))
+        entries = request if isinstance(request, list) else [request]
+        # A fault drawn by any entry of a batch: node_error answers that entry; the
+        # transport kinds hit the whole exchange, as they would on a real connection.
+        faults = [self._take_fault(entry) for entry in entries]
+        transport = next((f for f in faults if f is not None and f.kind != "node_error"), None)
+        if transport is not None:
+            log.info("devnode: fault %s on %s", transport.kind, transport.method)
+            if transport.kind == "timeout":
+                await trio.sleep(HANG_S)
+                raise _DropConnection
+            if transport.kind == "http_500":
+                return 500, b"Internal Server Error"
+            if transport.kind == "bad_json":
+                return 200, b'{"jsonrpc":"2.0","id":' + b"<<not json"
+        replies = []
+        for entry, fault in zip(entries, faults, strict=True):
+            if fault is not None and fault.kind == "node_error":
+                log.info("devnode: fault node_error on %s", fault.method)
+                params = entry.get("params")
+                data = params[0] if isinstance(params, list) and params else None
+                error = RpcError(BUSINESS, fault.message or "simulated node error", data)
+                replies.append(_error_reply(entry.get("id"), error))
+            else:
+                replies.append(self._execute(entry, authorised))
+        if transport is not None:  # drop_reply: the node executed the calls; the reply is lost
             raise _DropConnection
-        if fault.kind == "http_500":
-            return 500, b"Internal Server Error"
-        if fault.kind == "bad_json":
-            return 200, b'{"jsonrpc":"2.0","id":' + b"<<not json"
-        if fault.kind == "node_error":
-            params = request.get("params")
-            data = params[0] if isinstance(params, list) and params else None
-            error = RpcError(BUSINESS, fault.message or "simulated node error", data)
-            return 200, _dumps(_error_reply(request.get("id"), error))
-        # drop_reply: the node executes the call; the reply is lost.
-        self._execute(request, authorised)
-        raise _DropConnection
+        return 200, _dumps(replies if isinstance(request, list) else replies[0])
+
+    def _take_fault(self, entry: Any) -> Fault | None:
+        method = entry.get("method") if isinstance(entry, dict) else None
+        return self.node.take_fault(method) if isinstance(method, str) else None
 
     # -- HTTP
 
