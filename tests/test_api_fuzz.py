@@ -29,7 +29,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fiberlinkd.api.methods import METHODS
+from fiberlinkd.api.methods import KNOWN_METHODS
 from fiberlinkd.fnn.simulator import Simulator
 from tests.test_api_envelope import running, snapshot
 
@@ -74,7 +74,7 @@ envelopes = st.fixed_dictionaries(
     {
         "jsonrpc": st.just("2.0") | st.text(max_size=4),
         "id": st.text(max_size=12) | st.integers() | st.none(),
-        "method": st.sampled_from(sorted(METHODS)) | st.text(max_size=16),
+        "method": st.sampled_from(sorted(KNOWN_METHODS)) | st.text(max_size=16),
         "params": params,
     }
 )

@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from fiberlinkd.amounts import CKB, AmountError, Asset, format_amount
+from fiberlinkd.api.auth import NonceClaim
 from fiberlinkd.api.errors import TIP_NOT_FOUND, RpcError, invalid_params, unavailable
 from fiberlinkd.clock import iso_ms, parse_iso_ms
 from fiberlinkd.fnn.errors import FnnError, FnnNodeError
@@ -42,6 +43,7 @@ WITHDRAWAL_STATES = (
 SETTLEMENT_STATES = ("ALL", "UNPAID", "SETTLED", "FAILED")
 
 Handler = Callable[[Runtime, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+ClaimingHandler = Callable[[Runtime, NonceClaim, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 # --- validation helpers -------------------------------------------------------------------
@@ -108,7 +110,9 @@ async def health_ping(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[
     return {"status": "ok"}
 
 
-async def tip_create(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[str, Any]:
+async def tip_create(rt: Runtime, claim: NonceClaim, params: dict[str, Any]) -> dict[str, Any]:
+    """Create the node invoice, then commit the tip together with the request's nonce."""
+    app_id = claim.app_id
     post_id = _id_field(params, "postId")
     from_user = _id_field(params, "fromUserId")
     to_user = _id_field(params, "toUserId")
@@ -172,9 +176,15 @@ async def tip_create(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[s
         last_error=None,
         failure_reason=None,
     )
-    await rt.ledger.transact(tipsql.insert_tip, tip)  # committed before the invoice is shown
+    # Durable before the invoice is shown; shares its commit with concurrent API writes.
+    await rt.ledger.transact_grouped(_insert_tip_claiming, tip, claim)
     rt.watch_list.wakeup.set()
     return {"invoice": created.invoice_address}
+
+
+def _insert_tip_claiming(conn: sqlite3.Connection, tip: tipsql.Tip, claim: NonceClaim) -> None:
+    claim.consume(conn)  # a replay that raced past the reservation stops here
+    tipsql.insert_tip(conn, tip)
 
 
 async def tip_status(rt: Runtime, app_id: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -447,9 +457,11 @@ async def withdrawal_request(rt: Runtime, app_id: str, params: dict[str, Any]) -
     return await _withdrawal(rt, app_id, params, "request")
 
 
+# Methods that record the request's nonce in their own transaction (see NonceClaim).
+CLAIMING_METHODS: dict[str, ClaimingHandler] = {"tip.create": tip_create}
+
 METHODS: dict[str, Handler] = {
     "health.ping": health_ping,
-    "tip.create": tip_create,
     "tip.status": tip_status,
     "tip.get": tip_status,
     "tip.settled_feed": tip_settled_feed,
@@ -457,3 +469,5 @@ METHODS: dict[str, Handler] = {
     "withdrawal.quote": withdrawal_quote,
     "withdrawal.request": withdrawal_request,
 }
+
+KNOWN_METHODS = frozenset(METHODS) | frozenset(CLAIMING_METHODS)

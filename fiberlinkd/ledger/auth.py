@@ -13,22 +13,28 @@ def app_secret(conn: sqlite3.Connection, app_id: str) -> str | None:
     return row["hmac_secret"] if row else None
 
 
-def consume_nonces(
-    conn: sqlite3.Connection, nonces: list[tuple[str, str, int]], now_s: int
-) -> list[bool]:
-    """Record each (app, nonce, expires_at); ``True`` where it was new, ``False`` for a replay.
+def consume_nonce(
+    conn: sqlite3.Connection, app_id: str, nonce: str, expires_at_s: int, purge_before_s: int | None
+) -> bool:
+    """Record (app, nonce, expires_at); ``True`` if it was new, ``False`` for a replay.
 
-    Expired nonces are purged as a side effect (bounded by the index on expiry).
+    With ``purge_before_s``, nonces that expired before it are deleted first (bounded by the
+    index on expiry); callers purge now and then, not on every request.
     """
-    conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now_s,))
-    fresh = []
-    for app_id, nonce, expires_at in nonces:
-        cursor = conn.execute(
-            "INSERT OR IGNORE INTO nonces (app_id, nonce, expires_at) VALUES (?, ?, ?)",
-            (app_id, nonce, expires_at),
-        )
-        fresh.append(cursor.rowcount == 1)
-    return fresh
+    if purge_before_s is not None:
+        conn.execute("DELETE FROM nonces WHERE expires_at < ?", (purge_before_s,))
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO nonces (app_id, nonce, expires_at) VALUES (?, ?, ?)",
+        (app_id, nonce, expires_at_s),
+    )
+    return cursor.rowcount == 1
+
+
+def nonce_used(conn: sqlite3.Connection, app_id: str, nonce: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM nonces WHERE app_id = ? AND nonce = ?", (app_id, nonce)
+    ).fetchone()
+    return row is not None
 
 
 def insert_app(conn: sqlite3.Connection, app_id: str, secret: str, now_ms: int) -> None:
