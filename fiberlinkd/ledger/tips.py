@@ -320,6 +320,17 @@ def user_tips(conn: sqlite3.Connection, app_id: str, user_id: str, limit: int) -
 
 
 def user_tip_counts(conn: sqlite3.Connection, app_id: str, user_id: str) -> dict[str, int]:
+    """A user's tips by state, sent and received (kept as rows by triggers, migration 0006)."""
+    counts = {UNPAID: 0, SETTLED: 0, FAILED: 0}
+    for row in conn.execute(
+        "SELECT state, n FROM user_tip_counts WHERE app_id = ? AND user_id = ?", (app_id, user_id)
+    ):
+        counts[row["state"]] = row["n"]
+    return counts
+
+
+def count_user_tips(conn: sqlite3.Connection, app_id: str, user_id: str) -> dict[str, int]:
+    """The same counts recounted from ``tip_intents`` (for checks; grows with history)."""
     counts = {UNPAID: 0, SETTLED: 0, FAILED: 0}
     for column in ("to_user_id", "from_user_id"):
         for row in conn.execute(
