@@ -24,6 +24,7 @@ import trio
 from fiberlinkd.config import Config
 from fiberlinkd.daemon import run_daemon
 from fiberlinkd.fnn.client import FnnClient
+from fiberlinkd.fnn.sim.node import Fault
 from fiberlinkd.fnn.simulator import Simulator
 from fiberlinkd.ledger.auth import insert_app
 from fiberlinkd.runtime import Runtime
@@ -136,6 +137,52 @@ async def test_concurrent_requests_with_one_nonce_are_accepted_once(
         assert sum("result" in a for a in answers) == 1
         refused = [a["error"] for a in answers if "error" in a]
         assert [e["code"] for e in refused] == [-32001] * 7
+
+
+async def test_concurrent_tip_creates_with_one_nonce_create_one_tip_and_one_invoice(
+    tmp_path, sim: Simulator
+) -> None:
+    """tip.create records its nonce with its tip; a copy in flight is refused before it
+    asks the node for an invoice, so a replay costs the node nothing."""
+    async with running(tmp_path, sim) as d:
+        invoices_before = len(sim.node.invoices)
+        body, headers = signed(d, "tip.create", TIP)
+        answers: list[dict[str, Any]] = []
+
+        async def one() -> None:
+            answers.append((await send(d, body, headers)).json())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(one)
+        created = [a["result"] for a in answers if "result" in a]
+        assert len(created) == 1
+        assert [a["error"]["code"] for a in answers if "error" in a] == [-32001] * 7
+        assert len(sim.node.invoices) == invoices_before + 1
+        rows = await snapshot(d.rt)
+        assert len(rows["tip_intents"]) == 1
+        assert len(rows["nonces"]) == 1
+        # Replayed after it was recorded: refused, again without a node call.
+        expect_error(await send(d, body, headers), -32001, "req-1")
+        assert len(sim.node.invoices) == invoices_before + 1
+
+
+async def test_tip_create_that_fails_leaves_its_nonce_unrecorded(
+    tmp_path, sim: Simulator
+) -> None:
+    """No answer but an error was given, so nothing was accepted: the nonce stays free and
+    the database unchanged (the plugin retries with a fresh nonce anyway)."""
+    async with running(tmp_path, sim) as d:
+        before = await snapshot(d.rt)
+        bad, headers = signed(d, "tip.create", {**TIP, "amount": "-1"})
+        expect_error(await send(d, bad, headers), -32602, "req-1")
+        sim.node.faults.append(Fault(method="new_invoice", kind="node_error", message="boom"))
+        body, headers2 = signed(d, "tip.create", TIP)
+        expect_error(await send(d, body, headers2), -32603, "req-1")
+        assert await snapshot(d.rt) == before
+        # The node is back: the very same request now succeeds once.
+        assert expect_result(await send(d, body, headers2))["invoice"]
+        expect_error(await send(d, body, headers2), -32001, "req-1")
 
 
 async def test_nonces_are_scoped_per_app(tmp_path, sim: Simulator) -> None:

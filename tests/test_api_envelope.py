@@ -171,6 +171,16 @@ async def test_null_id_is_answered_with_a_full_envelope(tmp_path, sim: Simulator
         assert response.json() == {"jsonrpc": "2.0", "id": None, "result": {"status": "ok"}}
 
 
+async def test_rpc_path_answers_only_post(tmp_path, sim: Simulator) -> None:
+    """Any other method on /rpc is an HTTP 405 naming POST, and runs nothing."""
+    async with running(tmp_path, sim) as d:
+        for path in ("/rpc", "//rpc"):
+            response = await d.http.get(d.url.rstrip("/") + path)
+            assert response.status_code == 405
+            assert response.headers["allow"] == "POST"
+        assert (await d.http.get(d.url + "/nothing-here")).status_code == 404
+
+
 async def test_double_slash_rpc_path_from_a_trailing_slash_url_is_served(
     tmp_path, sim: Simulator
 ) -> None:

@@ -3,13 +3,15 @@
 Usage: ``python tests/bench/api_load.py [--seconds 10] [--seed-ledger N] [--clients K]``.
 
 What it does, every server a separate process on 127.0.0.1:
-1. starts the FNN simulator (``python -m fiberlinkd devnode``) and a bare quart-trio echo
-   endpoint under hypercorn (this script with ``--echo-server``): the HTTP stack's ceiling;
+1. starts the FNN simulator (``python -m fiberlinkd devnode``) and bare quart-trio echo
+   endpoints under hypercorn (this script with ``--echo-server``): the HTTP stack's
+   ceiling, as a quart view and as an ASGI endpoint the way the daemon serves ``/rpc``;
 2. creates a state directory (``fiberlinkd migrate``), inserts an app into ``apps`` and
    the benchmarked dashboard user's history (4,000 settled tips), and starts the daemon
    (``python -m fiberlinkd run``);
 3. drives signed ``tip.status``, ``tip.create`` and ``dashboard.summary`` (and the echo
-   endpoint) at concurrency 1, 8 and 32 for ``--seconds`` each with httpx under trio, and
+   endpoints) at concurrency 1, 8 and 32 for ``--seconds`` each with a minimal keep-alive
+   HTTP/1.1 client under trio (httpx would cost the shared CPU as much as the server), and
    prints req/s, p50/p95/p99 latency, errors and the daemon's peak RSS (``VmHWM``);
 4. with ``--seed-ledger N``: a second state directory filled with N settled tips, their
    ledger entries (hash-chained with ``entry_hash``), timeline events and balance rows,
@@ -151,9 +153,15 @@ def wait_http(url: str, *, post: bool = False, expect: int = 200) -> None:
 
 
 def serve_echo(port: int) -> None:
-    """A bare quart-trio endpoint under hypercorn that echoes the body as a JSON answer."""
+    """Bare quart-trio echo endpoints under hypercorn: the HTTP stack's ceiling, two ways.
+
+    ``/rpc`` is a quart view (the issue's "bare quart-trio endpoint"); ``/rpc-asgi`` is the
+    same echo served the way the daemon serves ``/rpc``: an ASGI middleware installed with
+    quart's ``app.asgi_app`` hook in front of the quart-trio app.
+    """
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve
+    from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
     from quart import Response, request
     from quart_trio import QuartTrio
 
@@ -164,6 +172,26 @@ def serve_echo(port: int) -> None:
         body = await request.get_data()
         return Response(body, content_type="application/json")
 
+    quart_app = app.asgi_app
+
+    async def echo_asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http" or scope["path"] != "/rpc-asgi":
+            await quart_app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message["body"])
+            if not message["more_body"]:
+                break
+        body = b"".join(chunks)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    app.asgi_app = echo_asgi  # type: ignore[method-assign]
     config = HypercornConfig()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
@@ -290,7 +318,7 @@ class Load:
 
     def request(self, method: str) -> tuple[str, bytes, dict[str, str]]:
         self.counter += 1
-        if method == "echo":
+        if method.startswith("echo"):
             body = body_for("health.ping", {"n": self.counter})
             return self.url, body, {"Content-Type": "application/json"}
         if method == "tip.status":
@@ -375,7 +403,7 @@ class Load:
         if status != 200:
             errors[f"http {status}"] = errors.get(f"http {status}", 0) + 1
             return
-        if method != "echo":
+        if not method.startswith("echo"):
             error = json.loads(answer).get("error")
             if error is not None:
                 key = f"{error['code']} {error['message'][:40]}"
@@ -667,13 +695,14 @@ def print_row(label: str, r: dict[str, Any]) -> None:
 
 
 def summary(
-    echo: list[dict[str, Any]],
+    echo: dict[str, list[dict[str, Any]]],
     empty: list[dict[str, Any]],
     seeded: list[dict[str, Any]] | None,
     peaks: tuple[float, float | None],
     seed_n: int,
 ) -> None:
-    ceiling = {r["concurrency"]: r["rps"] for r in echo}
+    ceiling = {r["concurrency"]: r["rps"] for r in echo["echo"]}
+    asgi_ceiling = {r["concurrency"]: r["rps"] for r in echo["echo-asgi"]}
 
     def cells(r: dict[str, Any]) -> str:
         return (
@@ -681,19 +710,25 @@ def summary(
             f" {r['errors']:>4} {r['server_cpu_ms']:>6.2f}"
         )
 
+    def ratios(r: dict[str, Any]) -> str:
+        c, nan = r["concurrency"], float("nan")
+        view, asgi = r["rps"] / ceiling.get(c, nan), r["rps"] / asgi_ceiling.get(c, nan)
+        return f" {view:>6.2f} {asgi:>6.2f}"
+
     print()
     cols = f"{'req/s':>7} {'p50':>6} {'p95':>6} {'p99':>6} {'err':>4} {'cpu/rq':>6}"
-    head = f"{'method':<18} {'conc':>4} | {cols} {'/echo':>6}"
+    head = f"{'method':<20} {'conc':>4} | {cols} {'/echo':>6} {'/asgi':>6}"
     if seeded is not None:
         head += f" | {cols.replace('  req/s', ' seeded')} | {'rps ratio':>9} {'p99 ratio':>9}"
     print("latency in ms; cpu/rq = server CPU ms per request (all threads)")
+    print("/echo: share of a quart view's echo; /asgi: of the same echo served as /rpc is")
     print(head)
     print("-" * len(head))
-    for r in echo:
-        print(f"{'echo (HTTP stack)':<18} {r['concurrency']:>4} | {cells(r)} {'1.00':>6}")
+    for label, kind in (("echo (quart view)", "echo"), ("echo (ASGI, as /rpc)", "echo-asgi")):
+        for r in echo[kind]:
+            print(f"{label:<20} {r['concurrency']:>4} | {cells(r)}{ratios(r)}")
     for i, r in enumerate(empty):
-        line = f"{r['method']:<18} {r['concurrency']:>4} | {cells(r)}"
-        line += f" {r['rps'] / ceiling.get(r['concurrency'], float('nan')):>6.2f}"
+        line = f"{r['method']:<20} {r['concurrency']:>4} | {cells(r)}{ratios(r)}"
         if seeded is not None:
             s = seeded[i]
             line += f" | {cells(s)} | {s['rps'] / r['rps']:>9.2f} {s['p99'] / r['p99']:>9.2f}"
@@ -767,20 +802,21 @@ def main() -> int:
             print(f"bench: FNN simulator at {fnn_url} (pid {sim.pid})")
             echo_url = f"http://127.0.0.1:{echo_port}/rpc"
             wait_http(echo_url, post=True)
-            echo = []
-            for concurrency in args.concurrency:
-                result = drive(
-                    echo_server.pid,
-                    echo_url,
-                    "",
-                    ["-"],
-                    "echo",
-                    concurrency,
-                    args.seconds,
-                    args.clients,
-                )
-                echo.append(result)
-                print_row("echo", result)
+            echo: dict[str, list[dict[str, Any]]] = {"echo": [], "echo-asgi": []}
+            for kind, path in (("echo", "/rpc"), ("echo-asgi", "/rpc-asgi")):
+                for concurrency in args.concurrency:
+                    result = drive(
+                        echo_server.pid,
+                        f"http://127.0.0.1:{echo_port}{path}",
+                        "",
+                        ["-"],
+                        kind,
+                        concurrency,
+                        args.seconds,
+                        args.clients,
+                    )
+                    echo[kind].append(result)
+                    print_row("echo", result)
 
             # The baseline holds only the benchmarked user's own history, so the seeded run
             # differs by the size of everyone else's history alone.
