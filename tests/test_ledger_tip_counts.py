@@ -1,9 +1,10 @@
-"""Per-user tip counts kept as rows (migration 0006) equal a recount on every path.
+"""Tip counts kept as rows (migration 0006) equal a recount on every path.
 
-Rules: ``user_tip_counts`` is maintained by triggers, so whatever inserts a tip or changes
-its state (tip.create, settlement, late settlement, failure, deletion) leaves the rows equal
-to counting ``tip_intents`` directly; the migration fills the rows for tips that existed
-before it; the dashboard reads the rows, so its cost does not grow with a user's history.
+Rules: ``user_tip_counts`` and ``app_tip_counts`` are maintained by triggers, so whatever
+inserts a tip or changes its state (tip.create, settlement, late settlement, failure,
+deletion) leaves the rows equal to counting ``tip_intents`` directly; the migration fills
+the rows for tips that existed before it; the dashboard reads the rows, so its cost does
+not grow with a user's or an app's history.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def _assert_counts_match(conn: sqlite3.Connection) -> None:
         for user in USERS:
             kept = tipsql.user_tip_counts(conn, app_id, user)
             assert kept == tipsql.count_user_tips(conn, app_id, user), (app_id, user)
-    negative = conn.execute("SELECT count(*) FROM user_tip_counts WHERE n < 0").fetchone()[0]
-    assert negative == 0
+        assert tipsql.app_tip_counts(conn, app_id) == tipsql.count_app_tips(conn, app_id)
+    for table in ("user_tip_counts", "app_tip_counts"):
+        assert conn.execute(f"SELECT count(*) FROM {table} WHERE n < 0").fetchone()[0] == 0
 
 
 def _db(path: Path, migrations: int | None = None) -> sqlite3.Connection:
@@ -131,4 +133,9 @@ def test_migration_counts_the_tips_that_existed_before_it(tmp_path: Path) -> Non
     }
     for user, counts in expected.items():
         assert tipsql.user_tip_counts(conn, "forum", user) == counts
+    assert tipsql.app_tip_counts(conn, "forum") == {
+        tipsql.UNPAID: 7,
+        tipsql.SETTLED: 1,
+        tipsql.FAILED: 1,
+    }
     conn.close()

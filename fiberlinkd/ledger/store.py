@@ -182,7 +182,9 @@ class Ledger:
         ``fn`` runs in its own SAVEPOINT inside a shared ``BEGIN IMMEDIATE … COMMIT``: if it
         raises, its writes are rolled back and its caller gets the exception while the
         others commit. When this returns, ``fn``'s writes are durable, exactly as with
-        :meth:`transact`. Meant for short independent writes on the API's hot path.
+        :meth:`transact`. If the shared COMMIT itself fails (or SQLite abandons the
+        transaction), every caller of that batch gets the error and nothing is written.
+        Meant for short independent writes on the API's hot path.
         """
         op: Callable[[sqlite3.Connection], object] = lambda conn: fn(conn, *args, **kwargs)  # noqa: E731
         return cast(T, await self.group(op))  # the op returned fn's T
@@ -219,11 +221,12 @@ class Ledger:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run a tiny read (one or two index lookups) right here on the trio thread.
+        """Run a small bounded read right here on the trio thread.
 
-        For the API's hottest reads, where a thread hand-off costs more than the query. In
-        WAL mode a reader never waits for the writer, so this cannot block the event loop
-        on a lock. Anything that scans belongs in :meth:`read`.
+        For the API's hottest reads (index lookups returning at most a page of rows), where
+        a thread hand-off costs more than the query. In WAL mode a reader never waits for
+        the writer, so this cannot block the event loop on a lock. Anything whose cost
+        grows with history (scans, aggregates over many rows) belongs in :meth:`read`.
         """
         return _run_read(self._point_reader, fn, *args, **kwargs)
 
@@ -259,11 +262,13 @@ def _run_group(
     try:
         for op in ops:
             conn.execute("SAVEPOINT grouped_op")
-            result = outcome.capture(op, conn)
-            if isinstance(result, outcome.Error):
+            try:
+                result: outcome.Outcome[object] = outcome.Value(op(conn))
+            except Exception as exc:
                 if not conn.in_transaction:  # SQLite itself gave up (disk full, I/O error)
-                    result.unwrap()
+                    raise
                 conn.execute("ROLLBACK TO grouped_op")
+                result = outcome.Error(exc)
             conn.execute("RELEASE grouped_op")
             results.append(result)
         conn.execute("COMMIT")

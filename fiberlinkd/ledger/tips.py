@@ -342,6 +342,24 @@ def count_user_tips(conn: sqlite3.Connection, app_id: str, user_id: str) -> dict
     return counts
 
 
+def app_tip_counts(conn: sqlite3.Connection, app_id: str) -> dict[str, int]:
+    """An app's tips by state (kept as rows by triggers, migration 0006)."""
+    counts = {UNPAID: 0, SETTLED: 0, FAILED: 0}
+    for row in conn.execute("SELECT state, n FROM app_tip_counts WHERE app_id = ?", (app_id,)):
+        counts[row["state"]] = row["n"]
+    return counts
+
+
+def count_app_tips(conn: sqlite3.Connection, app_id: str) -> dict[str, int]:
+    """The same counts recounted from ``tip_intents`` (for checks; grows with history)."""
+    counts = {UNPAID: 0, SETTLED: 0, FAILED: 0}
+    for row in conn.execute(
+        "SELECT state, count(*) AS n FROM tip_intents WHERE app_id = ? GROUP BY state", (app_id,)
+    ):
+        counts[row["state"]] = row["n"]
+    return counts
+
+
 def pending_incoming(conn: sqlite3.Connection, app_id: str, user_id: str, asset: str) -> int:
     row = conn.execute(
         "SELECT coalesce(sum(amount), 0) AS total FROM tip_intents"
