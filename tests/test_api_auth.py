@@ -167,9 +167,7 @@ async def test_concurrent_tip_creates_with_one_nonce_create_one_tip_and_one_invo
         assert len(sim.node.invoices) == invoices_before + 1
 
 
-async def test_tip_create_that_fails_leaves_its_nonce_unrecorded(
-    tmp_path, sim: Simulator
-) -> None:
+async def test_tip_create_that_fails_leaves_its_nonce_unrecorded(tmp_path, sim: Simulator) -> None:
     """No answer but an error was given, so nothing was accepted: the nonce stays free and
     the database unchanged (the plugin retries with a fresh nonce anyway)."""
     async with running(tmp_path, sim) as d:

@@ -1,5 +1,10 @@
 """FnnClient at the wire, with ``httpx.MockTransport``: every method's request shape, every
-error mapping, the time bound.
+error mapping, the time bound, and JSON-RPC batches.
+
+Batch rules: concurrent ``new_invoice`` (or ``get_invoice``) calls share one POST whose body
+is an array, and a lone call is still a plain object; replies are matched by id in any
+order; an entry's error object or missing reply fails only its caller; a transport, HTTP or
+framing failure (including one error object instead of an array) fails every caller.
 
 Rules: no sockets; replies are FNN 0.8 shapes (from the real node's golden answers where
 one exists); time-dependent tests run on trio's fake clock and assert exact virtual times.
@@ -7,11 +12,13 @@ one exists); time-dependent tests run on trio's fake clock and assert exact virt
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
+import outcome
 import pytest
 import trio
 
@@ -31,6 +38,7 @@ from fiberlinkd.fnn.errors import (
 from fiberlinkd.fnn.types import (
     Currency,
     InvoiceStatus,
+    NewInvoiceResult,
     PaymentStatus,
     Script,
 )
@@ -105,6 +113,7 @@ NODE_INFO_JSON: dict[str, Any] = {
 }
 
 Responder = Callable[[dict[str, Any]], Any]
+T = TypeVar("T")
 
 
 class Recorder:
@@ -474,3 +483,233 @@ async def test_reply_within_bound_is_returned(autojump_clock: trio.abc.Clock) ->
     payment = await client.get_payment(HASH)
     assert payment.payment_hash == HASH
     assert trio.current_time() - start == pytest.approx(4.0)
+
+
+# --- batches: concurrent new_invoice / get_invoice calls share one POST ---------------------
+
+
+def invoice_reply(entry: dict[str, Any]) -> dict[str, Any]:
+    """The reply member for one new_invoice entry; its address names the requested amount."""
+    amount = int(entry["params"][0]["amount"], 16)
+    result = {"invoice_address": f"fibd1000000001p{amount}", "invoice": INVOICE_JSON}
+    return {"jsonrpc": "2.0", "id": entry["id"], "result": result}
+
+
+def per_entry(
+    answer: Callable[[dict[str, Any]], dict[str, Any] | None], *, reverse: bool = False
+) -> Callable[[Any], httpx.Response]:
+    """Answer a JSON-RPC array entry by entry (``None`` leaves an entry unanswered)."""
+
+    def respond(body: Any) -> httpx.Response:
+        if not isinstance(body, list):
+            return httpx.Response(200, json=answer(body))
+        replies = [r for r in (answer(entry) for entry in body) if r is not None]
+        return httpx.Response(200, json=replies[::-1] if reverse else replies)
+
+    return respond
+
+
+async def concurrently(*calls: Callable[[], Awaitable[T]]) -> list[outcome.Outcome[T]]:
+    """Start every call at once in one nursery; each call's own outcome, in order."""
+    results: dict[int, outcome.Outcome[T]] = {}
+
+    async def run(i: int, call: Callable[[], Awaitable[T]]) -> None:
+        try:  # not outcome.acapture: that would capture Cancelled too
+            results[i] = outcome.Value(await call())
+        except Exception as exc:
+            results[i] = outcome.Error(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i, call in enumerate(calls):
+            nursery.start_soon(run, i, call)
+    return [results[i] for i in range(len(calls))]
+
+
+def invoices(client: FnnClient, amounts: range) -> list[Callable[[], Awaitable[NewInvoiceResult]]]:
+    return [
+        functools.partial(client.new_invoice, amount=amount, currency=Currency.FIBD)
+        for amount in amounts
+    ]
+
+
+async def test_concurrent_new_invoices_share_one_post_as_an_array() -> None:
+    client, rec = make_client(per_entry(invoice_reply))
+    got = await concurrently(*invoices(client, range(1, 6)))
+    assert len(rec.requests) == 1
+    (body,) = [json.loads(r.content) for r in rec.requests]
+    assert isinstance(body, list)
+    assert [entry["method"] for entry in body] == ["new_invoice"] * 5
+    amounts = sorted(entry["params"][0]["amount"] for entry in body)
+    assert amounts == [f"0x{n}" for n in range(1, 6)]
+    assert len({entry["id"] for entry in body}) == 5
+    assert [o.unwrap().invoice_address for o in got] == [
+        f"fibd1000000001p{amount}" for amount in range(1, 6)
+    ]
+
+
+async def test_batch_replies_in_any_order_reach_their_own_callers() -> None:
+    client, rec = make_client(per_entry(invoice_reply, reverse=True))
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    assert [o.unwrap().invoice_address for o in got] == [
+        "fibd1000000001p1",
+        "fibd1000000001p2",
+        "fibd1000000001p3",
+    ]
+
+
+async def test_a_lone_new_invoice_is_sent_as_a_plain_object() -> None:
+    client, rec = make_client(per_entry(invoice_reply))
+    out = await client.new_invoice(amount=7, currency=Currency.FIBD)
+    assert [json.loads(r.content) for r in rec.requests] == [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "new_invoice",
+            "params": [{"amount": "0x7", "currency": "Fibd"}],
+        }
+    ]
+    assert out.invoice_address == "fibd1000000001p7"
+
+
+async def test_different_methods_are_not_mixed_in_one_batch() -> None:
+    info = {"invoice_address": "fibd1...", "invoice": INVOICE_JSON, "status": "Paid"}
+
+    def answer(entry: dict[str, Any]) -> dict[str, Any]:
+        if entry["method"] == "get_invoice":
+            return {"jsonrpc": "2.0", "id": entry["id"], "result": info}
+        return invoice_reply(entry)
+
+    client, rec = make_client(per_entry(answer))
+    calls: list[Callable[[], Awaitable[object]]] = [*invoices(client, range(1, 3))]
+    calls += [functools.partial(client.get_invoice, HASH)] * 2
+    got = await concurrently(*calls)
+    bodies = [json.loads(r.content) for r in rec.requests]
+    assert sorted([entry["method"] for entry in body] for body in bodies) == [
+        ["get_invoice", "get_invoice"],
+        ["new_invoice", "new_invoice"],
+    ]
+    assert all(o.unwrap() is not None for o in got)
+
+
+async def test_one_entrys_error_object_fails_only_its_caller() -> None:
+    def answer(entry: dict[str, Any]) -> dict[str, Any]:
+        if entry["params"][0]["amount"] == "0x2":
+            error = {"code": -32000, "message": "invoice already exists", "data": None}
+            return {"jsonrpc": "2.0", "id": entry["id"], "error": error}
+        return invoice_reply(entry)
+
+    client, rec = make_client(per_entry(answer))
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    assert got[0].unwrap().invoice_address == "fibd1000000001p1"
+    assert got[2].unwrap().invoice_address == "fibd1000000001p3"
+    with pytest.raises(FnnNodeError) as info:
+        got[1].unwrap()
+    assert (info.value.code, info.value.message) == (-32000, "invoice already exists")
+    assert is_invoice_already_exists(info.value)
+
+
+async def test_a_reply_lacking_one_id_fails_only_that_caller_as_a_contract_error() -> None:
+    def answer(entry: dict[str, Any]) -> dict[str, Any] | None:
+        return None if entry["params"][0]["amount"] == "0x3" else invoice_reply(entry)
+
+    client, rec = make_client(per_entry(answer))
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    assert [o.unwrap().invoice_address for o in got[:2]] == [
+        "fibd1000000001p1",
+        "fibd1000000001p2",
+    ]
+    with pytest.raises(FnnContractError, match="batch reply lacks id"):
+        got[2].unwrap()
+
+
+async def test_http_500_on_a_batch_fails_every_caller_with_an_http_error() -> None:
+    client, rec = make_client(lambda _: httpx.Response(500, text="Internal Server Error"))
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    for o in got:
+        with pytest.raises(FnnHttpError) as info:
+            o.unwrap()
+        assert (info.value.status, info.value.body) == (500, "Internal Server Error")
+
+
+async def test_one_error_object_instead_of_an_array_fails_every_caller_with_it() -> None:
+    error = {"code": -32600, "message": "Invalid request"}
+    client, rec = make_client(
+        lambda _: httpx.Response(200, json={"jsonrpc": "2.0", "id": None, "error": error})
+    )
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    for o in got:
+        with pytest.raises(FnnNodeError) as info:
+            o.unwrap()
+        assert (info.value.code, info.value.message) == (-32600, "Invalid request")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"<html>not json</html>",
+        b'{"jsonrpc":"2.0","id":null,"result":{}}',
+        b'{"jsonrpc":"2.0","id":1,"result":{}}',
+    ],
+    ids=["not-json", "null-id-result", "plain-result"],
+)
+async def test_a_batch_reply_that_is_not_an_array_fails_every_caller(reply: bytes) -> None:
+    client, rec = make_client(lambda _: httpx.Response(200, content=reply))
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    for o in got:
+        with pytest.raises(FnnContractError):
+            o.unwrap()
+
+
+async def test_a_connect_error_on_a_batch_fails_every_caller() -> None:
+    def refuse(_: Any) -> Any:
+        raise httpx.ConnectError("connection refused")
+
+    client, rec = make_client(refuse)
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    for o in got:
+        with pytest.raises(FnnConnectError):
+            o.unwrap()
+
+
+async def test_a_batch_times_out_as_one_call_at_exact_virtual_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    posts = 0
+
+    async def hang(_: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        posts += 1
+        await trio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(hang))
+    client = FnnClient(http, URL, call_timeout_s=7.5)
+    start = trio.current_time()
+    got = await concurrently(*[functools.partial(client.get_invoice, HASH)] * 3)
+    assert trio.current_time() - start == pytest.approx(7.5)
+    assert posts == 1
+    for o in got:
+        with pytest.raises(FnnTimeout, match=r"get_invoice \(batch of 3\)"):
+            o.unwrap()
+
+
+async def test_a_cancelled_call_batch_raises_cancelled_for_any_size(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def hang(_: httpx.Request) -> httpx.Response:
+        await trio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    client = FnnClient(httpx.AsyncClient(transport=httpx.MockTransport(hang)), URL)
+    for size in (2, 1):
+        returned: list[outcome.Outcome[Any]] | None = None
+        with trio.move_on_after(1) as scope:
+            returned = await client.call_batch("get_invoice", [[{"payment_hash": HASH}]] * size)
+        assert (size, scope.cancelled_caught, returned) == (size, True, None)

@@ -14,6 +14,9 @@ Rules:
   asserts FNN's HTTP behaviour from ``fnn-rpc.md`` instead, and says so.
 * Transport rules, batches, auth, persistence and the ``devnode`` command are checked at
   the HTTP level with raw requests.
+* Faults drawn by a batch entry: ``node_error`` answers only that entry and the others are
+  executed; the transport kinds hit the whole exchange (``http_500`` executes nothing,
+  ``drop_reply`` executes every entry and then drops the reply).
 """
 
 from __future__ import annotations
@@ -251,6 +254,69 @@ async def test_batch_answers_each_entry(http: httpx.AsyncClient, sim: Simulator)
         "id": "b",
         "error": {"code": -32999, "message": "Unauthorized"},
     }
+
+
+def new_invoice_entry(rid: int, preimage_byte: int) -> dict[str, Any]:
+    params = {
+        "amount": "0x64",
+        "currency": "Fibd",
+        "payment_preimage": "0x" + f"{preimage_byte:02x}" * 32,
+    }
+    return {"jsonrpc": "2.0", "id": rid, "method": "new_invoice", "params": [params]}
+
+
+async def issued_before(http: httpx.AsyncClient, sim: Simulator, entry: dict[str, Any]) -> bool:
+    """Whether the node already holds ``entry``'s invoice: re-issuing it is then refused."""
+    reply = (await http.post(sim.url, json=entry)).json()
+    if "error" in reply:
+        assert reply["error"]["message"] == "invoice already exists", reply
+        return True
+    return False
+
+
+async def test_node_error_fault_answers_only_its_batch_entry(
+    http: httpx.AsyncClient, sim: Simulator
+) -> None:
+    sim.node.add_fault("new_invoice", "node_error", message="boom")
+    batch = [new_invoice_entry(rid, 0x11 * rid) for rid in (1, 2, 3)]
+    response = await http.post(sim.url, json=batch)
+    assert response.status_code == 200
+    replies = response.json()
+    assert [r["id"] for r in replies] == [1, 2, 3]
+    assert replies[0] == {  # the first entry drew the one fault
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {"code": -32000, "message": "boom", "data": batch[0]["params"][0]},
+    }
+    assert all("result" in r for r in replies[1:])
+    assert sim.node.faults == []
+    assert [await issued_before(http, sim, entry) for entry in batch] == [False, True, True]
+
+
+async def test_http_500_fault_on_any_entry_fails_the_whole_batch_unexecuted(
+    http: httpx.AsyncClient, sim: Simulator
+) -> None:
+    sim.node.add_fault("node_info", "http_500")
+    batch = [
+        new_invoice_entry(1, 0x11),
+        new_invoice_entry(2, 0x22),
+        {"jsonrpc": "2.0", "id": 3, "method": "node_info", "params": []},
+    ]
+    response = await http.post(sim.url, json=batch)
+    assert (response.status_code, response.text) == (500, "Internal Server Error")
+    assert sim.node.faults == []
+    assert [await issued_before(http, sim, entry) for entry in batch[:2]] == [False, False]
+
+
+async def test_drop_reply_fault_executes_every_batch_entry_then_drops_the_reply(
+    http: httpx.AsyncClient, sim: Simulator
+) -> None:
+    sim.node.add_fault("new_invoice", "drop_reply")
+    batch = [new_invoice_entry(1, 0x11), new_invoice_entry(2, 0x22)]
+    with pytest.raises(httpx.RemoteProtocolError):
+        await http.post(sim.url, json=batch)
+    assert sim.node.faults == []
+    assert [await issued_before(http, sim, entry) for entry in batch] == [True, True]
 
 
 async def test_all_optional_methods_need_an_object(http: httpx.AsyncClient, sim: Simulator) -> None:

@@ -8,6 +8,10 @@ Rules under test:
 - ``transact`` is all or nothing: an exception in ``fn`` or at COMMIT rolls back whole;
   threaded mode runs ``fn`` in a worker thread one at a time, inline mode on the trio
   thread; a started transaction is not torn by cancellation;
+- ``transact_grouped``: concurrent callers share a commit (fewer transactions than
+  callers) and each write is committed when its call returns; an op that raises rolls back
+  only its own writes and only its caller sees the error; when SQLite ends the shared
+  transaction, or the shared COMMIT fails, every op of that batch fails and none commits;
 - every connection runs WAL, ``synchronous=FULL`` and ``foreign_keys=ON``; the reader
   cannot write;
 - ``append_entry`` is idempotent by key, chains every entry to the one before it, moves the
@@ -22,9 +26,10 @@ import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import outcome
 import pytest
 import trio
 
@@ -441,6 +446,145 @@ async def test_reads_see_a_consistent_snapshot(tmp_path: Path) -> None:
 
         assert await ledger.read(read_twice) == (1, 1)
         assert await ledger.read(count_apps) == 2
+
+
+# --- grouped transactions -----------------------------------------------------------------
+
+
+def committed_apps(path: Path) -> set[str]:
+    """The app ids a separate connection sees: committed rows only."""
+    conn = sqlite3.connect(path)
+    try:
+        return {row[0] for row in conn.execute("SELECT app_id FROM apps")}
+    finally:
+        conn.close()
+
+
+async def concurrently(
+    calls: dict[str, Callable[[], Awaitable[object]]],
+) -> dict[str, outcome.Outcome[object]]:
+    """Start every call at once in one nursery; each name's own outcome."""
+    results: dict[str, outcome.Outcome[object]] = {}
+
+    async def run(name: str, call: Callable[[], Awaitable[object]]) -> None:
+        try:  # not outcome.acapture: that would capture Cancelled too
+            results[name] = outcome.Value(await call())
+        except Exception as exc:
+            results[name] = outcome.Error(exc)
+
+    async with trio.open_nursery() as nursery:
+        for name, call in calls.items():
+            nursery.start_soon(run, name, call)
+    return results
+
+
+def add_app_named(conn: sqlite3.Connection, app_id: str) -> str:
+    add_app(conn, app_id)
+    return app_id
+
+
+async def test_concurrent_grouped_writes_share_commits_and_are_durable_on_return(
+    ledger: Ledger,
+) -> None:
+    n = 20
+    committed_on_return: dict[str, bool] = {}
+
+    async def write(app_id: str) -> None:
+        assert await ledger.transact_grouped(add_app_named, app_id) == app_id
+        committed_on_return[app_id] = app_id in committed_apps(ledger.path)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(write, f"grouped-{i}")
+    names = {f"grouped-{i}" for i in range(n)}
+    assert committed_on_return == dict.fromkeys(names, True)
+    assert ledger.group.items == n
+    assert 1 <= ledger.group.batches < n
+    assert committed_apps(ledger.path) == {APP} | names
+
+
+async def test_a_failing_grouped_op_rolls_back_only_its_own_writes(ledger: Ledger) -> None:
+    def credit_c(conn: sqlite3.Connection) -> bool:
+        add_app(conn, "c")
+        return credit(conn, 100, "k:c")
+
+    def write_then_fail(conn: sqlite3.Connection) -> None:
+        add_app(conn, "doomed")
+        credit(conn, 500, "k:doomed")
+        raise ValueError("after two writes")
+
+    got = await concurrently(
+        {
+            "a": lambda: ledger.transact_grouped(add_app_named, "a"),
+            "duplicate": lambda: ledger.transact_grouped(add_app, APP),
+            "b": lambda: ledger.transact_grouped(add_app_named, "b"),
+            "doomed": lambda: ledger.transact_grouped(write_then_fail),
+            "c": lambda: ledger.transact_grouped(credit_c),
+        }
+    )
+    assert ledger.group.batches == 1  # all five shared one transaction
+    assert (got["a"].unwrap(), got["b"].unwrap(), got["c"].unwrap()) == ("a", "b", True)
+    with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: apps\.app_id"):
+        got["duplicate"].unwrap()
+    with pytest.raises(ValueError, match="after two writes"):
+        got["doomed"].unwrap()
+    assert committed_apps(ledger.path) == {APP, "a", "b", "c"}
+    chain = await ledger.read(entries)
+    assert [e.idempotency_key for e in chain] == ["k:c"]
+    assert chain[0].prev_hash == GENESIS_HASH  # chained past the rolled-back entry
+    assert (await ledger.read(get_balance, APP, "alice", "CKB")).settled == 100
+    assert await ledger.transact_grouped(add_app_named, "later") == "later"
+    assert "later" in committed_apps(ledger.path)
+
+
+async def test_when_sqlite_ends_the_shared_transaction_every_op_of_the_batch_fails(
+    ledger: Ledger,
+) -> None:
+    def roll_back_then_fail(conn: sqlite3.Connection) -> None:
+        add_app(conn, "gone")
+        conn.execute("ROLLBACK")  # as SQLite does on some errors (disk full, I/O error)
+        raise Boom("the transaction is gone")
+
+    got = await concurrently(
+        {
+            "a": lambda: ledger.transact_grouped(add_app_named, "a"),
+            "rolled-back": lambda: ledger.transact_grouped(roll_back_then_fail),
+            "b": lambda: ledger.transact_grouped(add_app_named, "b"),
+        }
+    )
+    assert ledger.group.batches == 1
+    for name in ("a", "rolled-back", "b"):
+        with pytest.raises(Boom, match="the transaction is gone"):
+            got[name].unwrap()
+    assert committed_apps(ledger.path) == {APP}
+    assert await ledger.transact_grouped(add_app_named, "after") == "after"
+    await ledger.transact(add_app, "plain")
+    assert committed_apps(ledger.path) == {APP, "after", "plain"}
+
+
+async def test_a_failing_shared_commit_fails_every_op_and_commits_nothing(
+    ledger: Ledger,
+) -> None:
+    def violate_at_commit(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute(
+            "INSERT INTO admin_grants (uid, role, app_id, created_at)"
+            " VALUES (1, 'COMMUNITY_ADMIN', 'ghost', 0)"
+        )
+
+    got = await concurrently(
+        {
+            "a": lambda: ledger.transact_grouped(add_app_named, "a"),
+            "dangling": lambda: ledger.transact_grouped(violate_at_commit),
+        }
+    )
+    assert ledger.group.batches == 1
+    for name in ("a", "dangling"):
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            got[name].unwrap()
+    assert committed_apps(ledger.path) == {APP}
+    assert await ledger.transact_grouped(add_app_named, "after") == "after"
+    assert committed_apps(ledger.path) == {APP, "after"}
 
 
 # --- ledger entries -----------------------------------------------------------------------

@@ -328,7 +328,10 @@ class FnnClient:
         sent as a plain request, exactly as :meth:`call` would.
         """
         if len(params_list) == 1:
-            return [await outcome.acapture(self.call, method, params_list[0])]
+            try:
+                return [outcome.Value(await self.call(method, params_list[0]))]
+            except Exception as exc:  # not BaseException: cancellation must propagate
+                return [outcome.Error(exc)]
         ids = [next(self._ids) for _ in params_list]
         body = [
             {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}

@@ -47,6 +47,9 @@ class FnnHttpError(FnnTransportError):
         self.status = status
         self.body = body
 
+    def __reduce__(self) -> tuple[type[FnnHttpError], tuple[int, str]]:  # copy and pickle
+        return type(self), (self.status, self.body)
+
 
 class FnnNodeError(FnnError):
     """The node answered with a JSON-RPC error object."""
@@ -56,6 +59,9 @@ class FnnNodeError(FnnError):
         self.code = code
         self.message = message
         self.data = data
+
+    def __reduce__(self) -> tuple[type[FnnNodeError], tuple[int, str, Any]]:  # copy and pickle
+        return type(self), (self.code, self.message, self.data)
 
 
 class FnnContractError(FnnError):
