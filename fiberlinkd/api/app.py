@@ -3,7 +3,8 @@
 Every JSON-RPC outcome is HTTP 200 with an envelope: the plugin's browser code only shows
 ``error.message`` for 200 answers, and stops tip polling on any other status
 (plugin-wire-contract.md §3.4). Order of checks: size → JSON → envelope → authentication
-(signature, then the nonce) → rate limit → method → params.
+(signature, then the nonce) → rate limit → method → params. ``tip.create`` records its nonce
+in its own commit, with its tip; every other method's nonce is recorded before it runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -84,7 +85,9 @@ class RpcHandler:
     auth: Authenticator
     limiter: RateLimiter = attrs.field(factory=RateLimiter)
 
-    async def handle(self, body: bytes, headers: Any) -> tuple[dict[str, Any], dict[str, str], str]:
+    async def handle(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[dict[str, Any], dict[str, str], str]:
         """Return (envelope, extra headers, method label for metrics)."""
         extra: dict[str, str] = {}
         if len(body) > self.rt.config.api.max_body_bytes:
@@ -115,11 +118,6 @@ class RpcHandler:
         request_id = payload["id"]
         method: str = payload["method"]
         label = method if method in KNOWN_METHODS else "unknown"
-        unauthorized = (
-            _envelope(request_id, error=RpcError(errors.UNAUTHORIZED, "Unauthorized")),
-            extra,
-            label,
-        )
         self_claiming = method in CLAIMING_METHODS
         try:
             claim = await self.auth.authenticate(
@@ -137,7 +135,8 @@ class RpcHandler:
                 return await self._dispatch(request_id, method, label, payload, claim)
         except AuthError as exc:  # ReplayedNonce too, also from a method's own commit
             log.info("unauthorized request", extra=kv(reason=str(exc), method=label))
-            return unauthorized
+            unauthorized = RpcError(errors.UNAUTHORIZED, "Unauthorized")
+            return _envelope(request_id, error=unauthorized), extra, label
 
     async def _dispatch(
         self, request_id: Any, method: str, label: str, payload: dict[str, Any], claim: NonceClaim

@@ -3,12 +3,12 @@
 Usage: ``python tests/bench/api_load.py [--seconds 10] [--seed-ledger N] [--clients K]``.
 
 What it does, every server a separate process on 127.0.0.1:
-1. starts the FNN simulator (``python -m fiberlinkd devnode``) and bare quart-trio echo
-   endpoints under hypercorn (this script with ``--echo-server``): the HTTP stack's
-   ceiling, as a quart view and as an ASGI endpoint the way the daemon serves ``/rpc``;
-2. creates a state directory (``fiberlinkd migrate``), inserts an app into ``apps`` and
-   the benchmarked dashboard user's history (4,000 settled tips), and starts the daemon
-   (``python -m fiberlinkd run``);
+1. starts bare quart-trio echo endpoints under hypercorn (this script with
+   ``--echo-server``): the HTTP stack's ceiling, as a quart view and as an ASGI endpoint
+   the way the daemon serves ``/rpc``;
+2. starts the FNN simulator (``python -m fiberlinkd devnode``), creates a state directory
+   (``fiberlinkd migrate``), inserts an app into ``apps`` and the benchmarked dashboard
+   user's history (4,000 settled tips), and starts the daemon (``python -m fiberlinkd run``);
 3. drives signed ``tip.status``, ``tip.create`` and ``dashboard.summary`` (and the echo
    endpoints) at concurrency 1, 8 and 32 for ``--seconds`` each with a minimal keep-alive
    HTTP/1.1 client under trio (httpx would cost the shared CPU as much as the server), and
@@ -16,7 +16,9 @@ What it does, every server a separate process on 127.0.0.1:
 4. with ``--seed-ledger N``: a second state directory filled with N settled tips, their
    ledger entries (hash-chained with ``entry_hash``), timeline events and balance rows,
    spread over many users (the dashboard's user gets a realistic history too); the same
-   runs again on it, printed side by side with the empty run and the ratio.
+   runs again on it, with a fresh simulator, printed side by side with the empty run and
+   the ratio. Use ``--after-reconcile`` with it: the reconciler's first full run over a
+   million entries takes about a minute of CPU.
 
 Targets (reported, not asserted): tip.status >= 1000 req/s and tip.create >= 700 req/s at
 concurrency 8, p99 <= 30 ms, peak RSS <= 120 MB, and with 1,000,000 entries every figure
@@ -557,6 +559,20 @@ def _drive(
 # --- one database state -------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def simulator() -> Iterator[tuple[str, int]]:
+    """A fresh FNN simulator process: ``(url, pid)``."""
+    devnode = [sys.executable, "-m", "fiberlinkd", "devnode", "--listen", "127.0.0.1:0"]
+    with process([*devnode, "--network", "Fibd"], cwd=ROOT, stdout=subprocess.PIPE) as sim:
+        assert sim.stdout is not None
+        line = sim.stdout.readline().strip()
+        if not line.startswith("devnode listening on "):
+            raise SystemExit(f"bench: unexpected devnode output: {line!r}")
+        url = line.removeprefix("devnode listening on ")
+        print(f"bench: FNN simulator at {url} (pid {sim.pid})")
+        yield url, sim.pid
+
+
 def write_config(workdir: Path, state: Path, api_port: int, fnn_url: str) -> Path:
     config = workdir / f"{state.name}.toml"
     config.write_text(
@@ -786,20 +802,10 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="fiberlinkd-bench-") as tmp:
         workdir = Path(tmp)
-        devnode = [sys.executable, "-m", "fiberlinkd", "devnode", "--listen", "127.0.0.1:0"]
         echo_port = free_port()
-        with (
-            process([*devnode, "--network", "Fibd"], cwd=ROOT, stdout=subprocess.PIPE) as sim,
-            process(
-                [sys.executable, __file__, "--echo-server", str(echo_port)], cwd=ROOT
-            ) as echo_server,
-        ):
-            assert sim.stdout is not None
-            line = sim.stdout.readline().strip()
-            if not line.startswith("devnode listening on "):
-                raise SystemExit(f"bench: unexpected devnode output: {line!r}")
-            fnn_url = line.removeprefix("devnode listening on ")
-            print(f"bench: FNN simulator at {fnn_url} (pid {sim.pid})")
+        with process(
+            [sys.executable, __file__, "--echo-server", str(echo_port)], cwd=ROOT
+        ) as echo_server:
             echo_url = f"http://127.0.0.1:{echo_port}/rpc"
             wait_http(echo_url, post=True)
             echo: dict[str, list[dict[str, Any]]] = {"echo": [], "echo-asgi": []}
@@ -818,16 +824,19 @@ def main() -> int:
                     echo[kind].append(result)
                     print_row("echo", result)
 
-            # The baseline holds only the benchmarked user's own history, so the seeded run
-            # differs by the size of everyone else's history alone.
+        # The baseline holds only the benchmarked user's own history, so the seeded run
+        # differs by the size of everyone else's history alone. Each database state gets
+        # its own fresh simulator: the second run must not inherit the first one's node.
+        with simulator() as (fnn_url, sim_pid):
             config, secret, port = prepare_state(workdir, "empty", fnn_url, BASELINE_TIPS)
-            empty, empty_peak = bench_state("empty", config, secret, port, args, sim.pid)
-            seeded = None
-            seeded_peak = None
-            if args.seed_ledger:
+            empty, empty_peak = bench_state("empty", config, secret, port, args, sim_pid)
+        seeded = None
+        seeded_peak = None
+        if args.seed_ledger:
+            with simulator() as (fnn_url, sim_pid):
                 print(f"bench: seeding {args.seed_ledger:,} settled tips ...")
                 config, secret, port = prepare_state(workdir, "seeded", fnn_url, args.seed_ledger)
-                seeded, seeded_peak = bench_state("seeded", config, secret, port, args, sim.pid)
+                seeded, seeded_peak = bench_state("seeded", config, secret, port, args, sim_pid)
         summary(echo, empty, seeded, (empty_peak, seeded_peak), args.seed_ledger)
     return 0
 
