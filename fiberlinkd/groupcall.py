@@ -20,10 +20,18 @@ from typing import Generic, TypeVar
 
 import attrs
 import outcome
+import prometheus_client
 import trio
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+BATCH_SIZE = prometheus_client.Histogram(
+    "fiberlinkd_group_batch_size",
+    "Items per batch of a group call (ledger group commits, FNN JSON-RPC batches)",
+    ["group"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 
 RunBatch = Callable[[list[T]], Awaitable[Sequence[outcome.Outcome[R]]]]
 
@@ -44,6 +52,7 @@ class GroupCall(Generic[T, R]):
 
     run_batch: RunBatch[T, R]
     max_batch: int = 64
+    name: str = "-"  # the ``group`` label of the batch-size metric
     _queue: list[_Slot[T, R]] = attrs.field(factory=list, init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     batches: int = attrs.field(default=0, init=False)  # for tests and metrics
@@ -68,6 +77,7 @@ class GroupCall(Generic[T, R]):
         del self._queue[: self.max_batch]
         self.batches += 1
         self.items += len(batch)
+        BATCH_SIZE.labels(self.name).observe(len(batch))
         results: Sequence[outcome.Outcome[R]]
         with trio.CancelScope(shield=True):
             try:

@@ -376,3 +376,31 @@ async def test_metrics_expose_rpc_request_counts(tmp_path, sim: Simulator) -> No
             r'fiberlinkd_rpc_requests_total\{method="health.ping",outcome="ok"\} [1-9]', text
         )
         assert "fiberlinkd_rpc_latency_seconds_bucket" in text
+        # The ping's nonce went through a grouped commit, and the tip through an FNN batch.
+        assert re.search(r'fiberlinkd_group_batch_size_count\{group="ledger"\} [1-9]', text)
+
+
+async def test_metrics_count_grouped_writes_and_node_batches(tmp_path, sim: Simulator) -> None:
+    """Concurrent tip.creates go through the FNN batcher; its batch sizes are exported."""
+
+    def counts(text: str, group: str) -> tuple[float, float]:
+        def value(kind: str) -> float:
+            m = re.search(rf'fiberlinkd_group_batch_size_{kind}\{{group="{group}"\}} (\S+)', text)
+            return float(m.group(1)) if m else 0.0
+
+        return value("count"), value("sum")
+
+    async with running(tmp_path, sim) as d:
+        before = counts((await d.http.get(d.url + "/metrics")).text, "new_invoice")
+
+        async def create(n: int) -> None:
+            params = {"postId": str(n), "fromUserId": "45", "toUserId": "67"}
+            body, headers = signed(d, "tip.create", {**params, "asset": "CKB", "amount": "2"})
+            expect_result(await send(d, body, headers))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(12):
+                nursery.start_soon(create, n)
+        batches, items = counts((await d.http.get(d.url + "/metrics")).text, "new_invoice")
+        assert items - before[1] == 12  # every invoice went through a batch, counted once
+        assert batches > before[0]

@@ -310,7 +310,9 @@ class FnnClient:
 
     def __attrs_post_init__(self) -> None:
         self._groups = {
-            method: GroupCall(functools.partial(self._batch_of, method), max_batch=MAX_BATCH)
+            method: GroupCall(
+                functools.partial(self._batch_of, method), max_batch=MAX_BATCH, name=method
+            )
             for method in BATCHED_METHODS
         }
 

@@ -151,7 +151,7 @@ class Ledger:
     group: GroupCall[Callable[[sqlite3.Connection], object], object] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.group = GroupCall(self._run_grouped, max_batch=GROUP_MAX_OPS)
+        self.group = GroupCall(self._run_grouped, max_batch=GROUP_MAX_OPS, name="ledger")
 
     async def transact(
         self,
