@@ -14,7 +14,6 @@ it done (as with any call whose reply is lost).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -36,7 +35,7 @@ BATCH_SIZE = prometheus_client.Histogram(
 RunBatch = Callable[[list[T]], Awaitable[Sequence[outcome.Outcome[R]]]]
 
 
-@attrs.define
+@attrs.define(eq=False)  # identity: two callers with equal items are still two slots
 class _Slot(Generic[T, R]):
     item: T
     result: outcome.Outcome[R] | None = None
@@ -65,11 +64,16 @@ class GroupCall(Generic[T, R]):
             while slot.result is None:
                 async with self._lock:
                     if slot.result is None:
+                        if not any(queued is slot for queued in self._queue):
+                            # Taken by a batch that ended without a result: never spin.
+                            raise RuntimeError("group call item lost by its batch")
                         await self._flush()
         finally:
             if slot.result is None:  # cancelled while queued: withdraw the item
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(slot)
+                for i, queued in enumerate(self._queue):
+                    if queued is slot:
+                        del self._queue[i]
+                        break
         return slot.result.unwrap()
 
     async def _flush(self) -> None:
@@ -79,11 +83,16 @@ class GroupCall(Generic[T, R]):
         self.items += len(batch)
         BATCH_SIZE.labels(self.name).observe(len(batch))
         results: Sequence[outcome.Outcome[R]]
-        with trio.CancelScope(shield=True):
-            try:
-                results = await self.run_batch([slot.item for slot in batch])
-            except Exception as exc:
-                results = [outcome.Error(exc) for _ in batch]
+        try:
+            with trio.CancelScope(shield=True):
+                try:
+                    results = await self.run_batch([slot.item for slot in batch])
+                except Exception as exc:
+                    results = [outcome.Error(exc) for _ in batch]
+        except BaseException as exc:  # KeyboardInterrupt and the like: fail the batch, go on
+            for slot in batch:
+                slot.result = outcome.Error(RuntimeError(f"batch interrupted: {exc!r}"))
+            raise
         if len(results) != len(batch):  # a bug in run_batch: fail the items, never strand them
             bug = RuntimeError(f"run_batch returned {len(results)} outcomes for {len(batch)}")
             results = [outcome.Error(bug) for _ in batch]

@@ -295,3 +295,83 @@ async def test_wrong_outcome_count_fails_every_item_and_strands_no_one(
         with pytest.raises(RuntimeError, match=r"run_batch returned \d outcomes for \d"):
             callers.value(item)
     assert set(callers.outcomes) == {1, 2, 3}
+
+
+async def test_a_leaving_caller_withdraws_its_own_item_not_an_equal_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two callers with equal items are two slots: the one that leaves takes only its own.
+
+    (Slots once compared by value, so the leaver could withdraw the stayer's slot: the
+    stayer's item never ran and it spun on empty batches.)
+    """
+    run = Recorder()
+    group: GroupCall[int, int] = GroupCall(run, max_batch=8)
+    gate = run.hold()
+    leaver = trio.CancelScope()
+    got: list[int] = []
+
+    async def stay() -> None:
+        got.append(await group(5))
+
+    async def leave() -> None:
+        with leaver:
+            await group(5)
+
+    with trio.fail_after(HANG_GUARD_S):
+        async with trio.open_nursery() as nursery:
+            callers = Callers(nursery, group)
+            await callers.start(1)  # its batch holds at the gate
+            nursery.start_soon(stay)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(leave)
+            await trio.testing.wait_all_tasks_blocked()
+            leaver.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            run.gate = None
+            gate.set()
+    assert got == [50]
+    assert run.batches == [[1], [5]]
+
+
+class Abort(BaseException):
+    """Stands for KeyboardInterrupt and the like, which ``except Exception`` lets through."""
+
+
+async def test_a_base_exception_in_run_batch_fails_that_batch_and_strands_no_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started = trio.Event()
+    release = trio.Event()
+
+    async def run_batch(items: list[int]) -> list[outcome.Outcome[int]]:
+        if not items:
+            pytest.fail("run_batch called with no items (a caller is spinning)")
+        started.set()
+        await release.wait()
+        raise Abort
+
+    group: GroupCall[int, int] = GroupCall(run_batch, max_batch=8)
+    results: dict[str, BaseException] = {}
+
+    async def caller(name: str, item: int) -> None:
+        try:
+            await group(item)
+        except BaseException as exc:
+            results[name] = exc
+
+    with trio.fail_after(HANG_GUARD_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller, "first", 1)  # flushes batch [1], held
+            await started.wait()
+            nursery.start_soon(caller, "second", 2)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(caller, "third", 3)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()  # every batch now raises Abort
+    # Each flusher sees the Abort itself; "second" flushed [2, 3], so "third" got a
+    # RuntimeError naming the interruption instead of hanging.
+    assert isinstance(results["first"], Abort)
+    assert isinstance(results["second"], Abort)
+    assert isinstance(results["third"], RuntimeError)
+    assert "interrupted" in str(results["third"])
