@@ -167,20 +167,24 @@ async def test_concurrent_tip_creates_with_one_nonce_create_one_tip_and_one_invo
         assert len(sim.node.invoices) == invoices_before + 1
 
 
-async def test_tip_create_that_fails_leaves_its_nonce_unrecorded(tmp_path, sim: Simulator) -> None:
-    """No answer but an error was given, so nothing was accepted: the nonce stays free and
-    the database unchanged (the plugin retries with a fresh nonce anyway)."""
+async def test_tip_create_answered_with_an_error_spends_its_nonce_and_nothing_else(
+    tmp_path, sim: Simulator
+) -> None:
+    """tip.create records its nonce with its tip; when it answers an error instead (bad
+    params, the node refusing), the nonce is recorded alone: a signed request is answered
+    once, whatever the answer, and no tip or ledger row is written."""
     async with running(tmp_path, sim) as d:
-        before = await snapshot(d.rt)
+        before = await snapshot(d.rt, nonces=False)
         bad, headers = signed(d, "tip.create", {**TIP, "amount": "-1"})
         expect_error(await send(d, bad, headers), -32602, "req-1")
+        expect_error(await send(d, bad, headers), -32001, "req-1")
         sim.node.faults.append(Fault(method="new_invoice", kind="node_error", message="boom"))
         body, headers2 = signed(d, "tip.create", TIP)
         expect_error(await send(d, body, headers2), -32603, "req-1")
-        assert await snapshot(d.rt) == before
-        # The node is back: the very same request now succeeds once.
-        assert expect_result(await send(d, body, headers2))["invoice"]
+        # The node is back, but this signed request was answered: replaying it is refused.
         expect_error(await send(d, body, headers2), -32001, "req-1")
+        assert await snapshot(d.rt, nonces=False) == before
+        assert len((await snapshot(d.rt))["nonces"]) == 2
 
 
 async def test_nonces_are_scoped_per_app(tmp_path, sim: Simulator) -> None:

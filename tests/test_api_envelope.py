@@ -171,6 +171,18 @@ async def test_null_id_is_answered_with_a_full_envelope(tmp_path, sim: Simulator
         assert response.json() == {"jsonrpc": "2.0", "id": None, "result": {"status": "ok"}}
 
 
+async def test_a_lone_surrogate_id_gets_a_200_envelope(tmp_path, sim: Simulator) -> None:
+    """An id JSON can carry but UTF-8 cannot (``"\\ud800"``) is echoed escaped, not a 500."""
+    async with running(tmp_path, sim) as d:
+        before = await snapshot(d.rt)
+        body = b'{"jsonrpc":"2.0","id":"\\ud800","method":"health.ping","params":{}}'
+        response = await send(d, body, {"Content-Type": "application/json"})
+        error = expect_error(response, -32001)
+        assert error["message"] == "Unauthorized"
+        assert response.json()["id"] == "\ud800"
+        assert await snapshot(d.rt) == before
+
+
 async def test_rpc_path_answers_only_post(tmp_path, sim: Simulator) -> None:
     """Any other method on /rpc is an HTTP 405 naming POST, and runs nothing."""
     async with running(tmp_path, sim) as d:

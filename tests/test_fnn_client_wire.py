@@ -625,6 +625,27 @@ async def test_a_reply_lacking_one_id_fails_only_that_caller_as_a_contract_error
         got[2].unwrap()
 
 
+async def test_a_batch_entry_with_an_unhashable_id_is_a_contract_error_not_a_crash() -> None:
+    """A misbehaving node answering one entry with ``"id": [..]`` must not raise TypeError
+    (the poller only expects FnnError): that caller gets a contract error, the rest succeed."""
+
+    def answer(entry: dict[str, Any]) -> dict[str, Any] | None:
+        reply = invoice_reply(entry)
+        if entry["params"][0]["amount"] == "0x3":
+            reply = {**reply, "id": [entry["id"]]}
+        return reply
+
+    client, rec = make_client(per_entry(answer))
+    got = await concurrently(*invoices(client, range(1, 4)))
+    assert len(rec.requests) == 1
+    assert [o.unwrap().invoice_address for o in got[:2]] == [
+        "fibd1000000001p1",
+        "fibd1000000001p2",
+    ]
+    with pytest.raises(FnnContractError, match="batch reply lacks id"):
+        got[2].unwrap()
+
+
 async def test_http_500_on_a_batch_fails_every_caller_with_an_http_error() -> None:
     client, rec = make_client(lambda _: httpx.Response(500, text="Internal Server Error"))
     got = await concurrently(*invoices(client, range(1, 4)))

@@ -4,7 +4,8 @@ Every JSON-RPC outcome is HTTP 200 with an envelope: the plugin's browser code o
 ``error.message`` for 200 answers, and stops tip polling on any other status
 (plugin-wire-contract.md §3.4). Order of checks: size → JSON → envelope → authentication
 (signature, then the nonce) → rate limit → method → params. ``tip.create`` records its nonce
-in its own commit, with its tip; every other method's nonce is recorded before it runs.
+in its own commit, with its tip (or alone, when it answers an error); every other method's
+nonce is recorded before it runs.
 """
 
 from __future__ import annotations
@@ -132,7 +133,12 @@ class RpcHandler:
                 await self.auth.commit(claim)
                 return await self._dispatch(request_id, method, label, payload, claim)
             with self.auth.reserved(claim):
-                return await self._dispatch(request_id, method, label, payload, claim)
+                answer = await self._dispatch(request_id, method, label, payload, claim)
+                if "error" in answer[0]:
+                    # Answered, so spent: the same signed request replayed later is refused
+                    # whatever this answer was (on success the method's commit recorded it).
+                    await self.auth.commit(claim)
+                return answer
         except AuthError as exc:  # ReplayedNonce too, also from a method's own commit
             log.info("unauthorized request", extra=kv(reason=str(exc), method=label))
             unauthorized = RpcError(errors.UNAUTHORIZED, "Unauthorized")
@@ -332,7 +338,10 @@ class RpcEndpoint:
 async def _send_envelope(
     send: ASGISendCallable, envelope: dict[str, Any], extra: dict[str, str]
 ) -> None:
-    body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate echoed back (e.g. in the id): escape it
+        body = json.dumps(envelope, separators=(",", ":")).encode()
     headers = [(k.encode(), v.encode()) for k, v in extra.items()]
     await _send(send, 200, body, headers, b"application/json")
 

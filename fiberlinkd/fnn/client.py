@@ -295,7 +295,9 @@ class FnnClient:
 
     ``http`` is owned by the caller (lifetimes nest: open it outside the tasks that use this
     client). ``token`` is the biscuit bearer token, already read from its file.
-    ``call_timeout_s`` bounds each call end to end.
+    ``call_timeout_s`` bounds each POST end to end. A ``new_invoice`` or ``get_invoice`` call
+    may first wait for the batch already in flight, so a caller that needs a hard bound
+    wraps the call in its own ``trio.fail_after`` (every caller in fiberlinkd does).
 
     Errors: see the module docstring. Cancellation: a cancelled call may or may not have
     reached the node.
@@ -346,7 +348,7 @@ class FnnClient:
                 raise FnnContractError(f"{method}: batch reply is not an array: {reply!r:.200}")
         except FnnError as exc:
             return [outcome.Error(copy.copy(exc)) for _ in ids]
-        by_id = {r.get("id"): r for r in reply if isinstance(r, dict)}
+        by_id = {r["id"]: r for r in reply if isinstance(r, dict) and isinstance(r.get("id"), int)}
         results: list[Outcome[Any]] = []
         for request_id in ids:
             entry = by_id.get(request_id)

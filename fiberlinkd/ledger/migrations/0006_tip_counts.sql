@@ -3,12 +3,13 @@
 -- with history). A tip counts once for its recipient and once for its sender, as the
 -- dashboard reads them, and once for its app (the admin block's stage counts). Triggers
 -- keep the rows exact on every path that inserts a tip or changes its state (tip.create,
--- the poller, backfill, restores), so no caller can forget them.
+-- the poller, backfill, restores), so no caller can forget them. They are display figures:
+-- no constraint on them may ever fail a settlement, so a decrement stops at zero.
 CREATE TABLE user_tip_counts (
     app_id   TEXT NOT NULL,
     user_id  TEXT NOT NULL,
     state    TEXT NOT NULL,
-    n        INTEGER NOT NULL CHECK (n >= 0),
+    n        INTEGER NOT NULL,
     PRIMARY KEY (app_id, user_id, state)
 ) WITHOUT ROWID;
 
@@ -24,7 +25,7 @@ SELECT app_id, user_id, state, sum(n) FROM (
 CREATE TABLE app_tip_counts (
     app_id   TEXT NOT NULL,
     state    TEXT NOT NULL,
-    n        INTEGER NOT NULL CHECK (n >= 0),
+    n        INTEGER NOT NULL,
     PRIMARY KEY (app_id, state)
 ) WITHOUT ROWID;
 
@@ -46,9 +47,9 @@ END;
 CREATE TRIGGER tip_counts_state AFTER UPDATE OF state ON tip_intents
 WHEN OLD.state IS NOT NEW.state
 BEGIN
-    UPDATE user_tip_counts SET n = n - 1
+    UPDATE user_tip_counts SET n = max(n - 1, 0)
     WHERE app_id = OLD.app_id AND user_id = OLD.to_user_id AND state = OLD.state;
-    UPDATE user_tip_counts SET n = n - 1
+    UPDATE user_tip_counts SET n = max(n - 1, 0)
     WHERE app_id = OLD.app_id AND user_id = OLD.from_user_id AND state = OLD.state;
     INSERT INTO user_tip_counts (app_id, user_id, state, n)
     VALUES (NEW.app_id, NEW.to_user_id, NEW.state, 1)
@@ -56,16 +57,16 @@ BEGIN
     INSERT INTO user_tip_counts (app_id, user_id, state, n)
     VALUES (NEW.app_id, NEW.from_user_id, NEW.state, 1)
     ON CONFLICT (app_id, user_id, state) DO UPDATE SET n = n + 1;
-    UPDATE app_tip_counts SET n = n - 1 WHERE app_id = OLD.app_id AND state = OLD.state;
+    UPDATE app_tip_counts SET n = max(n - 1, 0) WHERE app_id = OLD.app_id AND state = OLD.state;
     INSERT INTO app_tip_counts (app_id, state, n) VALUES (NEW.app_id, NEW.state, 1)
     ON CONFLICT (app_id, state) DO UPDATE SET n = n + 1;
 END;
 
 CREATE TRIGGER tip_counts_delete AFTER DELETE ON tip_intents
 BEGIN
-    UPDATE user_tip_counts SET n = n - 1
+    UPDATE user_tip_counts SET n = max(n - 1, 0)
     WHERE app_id = OLD.app_id AND user_id = OLD.to_user_id AND state = OLD.state;
-    UPDATE user_tip_counts SET n = n - 1
+    UPDATE user_tip_counts SET n = max(n - 1, 0)
     WHERE app_id = OLD.app_id AND user_id = OLD.from_user_id AND state = OLD.state;
-    UPDATE app_tip_counts SET n = n - 1 WHERE app_id = OLD.app_id AND state = OLD.state;
+    UPDATE app_tip_counts SET n = max(n - 1, 0) WHERE app_id = OLD.app_id AND state = OLD.state;
 END;
