@@ -39,6 +39,7 @@ RunBatch = Callable[[list[T]], Awaitable[Sequence[outcome.Outcome[R]]]]
 class _Slot(Generic[T, R]):
     item: T
     result: outcome.Outcome[R] | None = None
+    taken: bool = False  # by a batch: no longer in the queue
 
 
 @attrs.define
@@ -64,21 +65,19 @@ class GroupCall(Generic[T, R]):
             while slot.result is None:
                 async with self._lock:
                     if slot.result is None:
-                        if not any(queued is slot for queued in self._queue):
-                            # Taken by a batch that ended without a result: never spin.
+                        if slot.taken:  # by a batch that ended without a result: never spin
                             raise RuntimeError("group call item lost by its batch")
                         await self._flush()
         finally:
-            if slot.result is None:  # cancelled while queued: withdraw the item
-                for i, queued in enumerate(self._queue):
-                    if queued is slot:
-                        del self._queue[i]
-                        break
+            if not slot.taken:  # cancelled while queued: withdraw the item (by identity)
+                self._queue[:] = [queued for queued in self._queue if queued is not slot]
         return slot.result.unwrap()
 
     async def _flush(self) -> None:
         batch = self._queue[: self.max_batch]
         del self._queue[: self.max_batch]
+        for slot in batch:
+            slot.taken = True
         self.batches += 1
         self.items += len(batch)
         BATCH_SIZE.labels(self.name).observe(len(batch))
